@@ -1,0 +1,84 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode), typed by its ``data``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
+
+# Traces are W3C trace context: version-traceid-parentid-flags.
+TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _rfc3339(value: datetime) -> str:
+    text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return text
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc), PlainSerializer(_rfc3339, return_type=str)]
+"""An aware datetime, normalised to UTC, written as RFC 3339 with ``Z``; naive input is refused."""
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=False)]
+"""An opaque identifier chosen by its owner system."""
+
+# Strict: money is never a float or a numeric string.
+Money = Annotated[int, Field(strict=True, ge=0, le=10**12, description="integer minor units (fen); 2000 is 20.00 CNY")]
+SignedMoney = Annotated[int, Field(strict=True, ge=-(10**12), le=10**12, description="integer minor units (fen)")]
+Currency = Literal["CNY"]
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+class EventData(BaseModel):
+    """Base of every event's ``data``: unknown fields are kept (other systems may add some)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class CloudEvent(BaseModel, Generic[DataT]):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: Id
+    source: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    type: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    time: UtcDatetime
+    subject: Annotated[str, StringConstraints(max_length=256)] | None = None
+    datacontenttype: Literal["application/json"] = "application/json"
+    traceparent: Annotated[str, StringConstraints(pattern=TRACEPARENT_PATTERN)] | None = None
+    data: DataT
+
+    def to_json_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class RawCloudEvent(CloudEvent[Any]):
+    """The envelope checked, ``data`` left for the typed model of its ``type``."""
+
+    data: dict[str, Any]
+
+
+def new_event_id(*deterministic_parts: str) -> str:
+    """A fresh id, or a stable one derived from the decision that caused the event, so that the
+    same decision re-made after a crash produces the same id and consumers can dedupe."""
+    if deterministic_parts:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "pinwheel:" + "|".join(deterministic_parts)))
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,296 @@
+"""Kafka wiring on FastStream: an idempotent producer, consumers that commit only after the
+handler's effects are stored, retries with backoff, and ``<topic>.dlq`` with the reason.
+
+A consumer is one FastStream subscriber per topic whose handler parses the CloudEvent and hands it to
+the typed handler registered for its ``type``. FastStream's default ack policy for Kafka commits
+*before* the handler runs (auto-commit), which loses events when the process dies mid-handler; we use
+``NACK_ON_ERROR``: the offset is committed after the handler returns, and an exception seeks back so
+the record is delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from shared import metrics
+from shared.events.catalog import EVENTS, TOPICS, dlq_topic
+from shared.events.envelope import CloudEvent, EventData, new_event_id, utcnow
+from shared.settings import ServiceSettings
+
+log = structlog.stdlib.get_logger(__name__)
+
+EventHandler = Callable[[CloudEvent[Any]], Awaitable[None]]
+
+CONTENT_TYPE = "application/cloudevents+json"
+MAX_RECORD_BYTES = 1_000_000
+# DLQ headers: the reason and where the record came from; the value is the original bytes.
+H_REASON = "dlq-reason"
+H_ERROR = "dlq-error"
+H_TOPIC = "dlq-original-topic"
+H_PARTITION = "dlq-original-partition"
+H_OFFSET = "dlq-original-offset"
+H_FAILED_AT = "dlq-failed-at"
+H_CONSUMER = "dlq-consumer-group"
+
+
+def make_broker(settings: ServiceSettings, **kwargs: Any) -> KafkaBroker:
+    """A broker whose producer is idempotent with ``acks=all``: a published event is on every
+    in-sync replica, and producer retries cannot duplicate it in the log."""
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        client_id=f"pinwheel-{settings.service_name}",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=1,
+        request_timeout_ms=15_000,
+        graceful_timeout=10.0,
+        description=f"pinwheel {settings.service_name} service",
+        **kwargs,
+    )
+
+
+def traceparent_trace_id(traceparent: str | None) -> str | None:
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 else None
+
+
+def make_event(
+    data: EventData,
+    *,
+    source: str,
+    event_id: str | None = None,
+    subject: str | None = None,
+    traceparent: str | None = None,
+    event_type: str | None = None,
+) -> CloudEvent[Any]:
+    """Wrap typed ``data`` in its envelope; the type comes from the catalog."""
+    from shared.events.catalog import EVENT_TYPE_OF_MODEL
+
+    type_ = event_type or EVENT_TYPE_OF_MODEL[type(data)]
+    spec = EVENTS[type_]
+    if traceparent is None:
+        traceparent = structlog.contextvars.get_contextvars().get("traceparent")
+    return CloudEvent[spec.data_model](  # type: ignore[name-defined]
+        id=event_id or new_event_id(),
+        source=source,
+        type=type_,
+        time=utcnow(),
+        subject=subject or spec.key_of(data),
+        traceparent=traceparent,
+        data=data,
+    )
+
+
+class EventPublisher:
+    """Publishes CloudEvents to the topic and key the catalog gives their type."""
+
+    def __init__(self, broker: KafkaBroker, settings: ServiceSettings) -> None:
+        self._broker = broker
+        self._settings = settings
+
+    async def publish(self, event: CloudEvent[Any]) -> None:
+        spec = EVENTS[event.type]
+        await self.publish_raw(
+            event.to_json_bytes(),
+            topic=spec.topic,
+            key=spec.key_of(event.data),
+            event_id=event.id,
+            event_type=event.type,
+        )
+
+    async def publish_raw(self, value: bytes, *, topic: str, key: str, event_id: str, event_type: str) -> None:
+        await self._broker.publish(
+            value,
+            topic=self._settings.topic(topic),
+            key=key.encode(),
+            headers={"content-type": CONTENT_TYPE, "ce_id": event_id, "ce_type": event_type,
+                     "ce_specversion": "1.0"},
+        )
+        metrics.EVENTS_PUBLISHED.labels(self._settings.service_name, event_type).inc()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that say the store or broker is unreachable right now, not that the event is bad.
+    They are never dead-lettered: the record is delivered again once they pass."""
+    if isinstance(exc, ConnectionFailure | KafkaError | asyncio.TimeoutError | TimeoutError | ConnectionError):
+        return True
+    return isinstance(exc, PyMongoError) and exc.has_error_label("RetryableWriteError")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    error: str
+
+
+_TYPED_ENVELOPES: dict[type[BaseModel], type[CloudEvent[Any]]] = {}
+
+
+def _typed_envelope(model: type[BaseModel]) -> type[CloudEvent[Any]]:
+    envelope = _TYPED_ENVELOPES.get(model)
+    if envelope is None:
+        envelope = _TYPED_ENVELOPES[model] = CloudEvent[model]  # type: ignore[valid-type]
+    return envelope
+
+
+def parse_event(value: bytes | None) -> CloudEvent[Any] | Rejection | None:
+    """The typed CloudEvent in a record, a Rejection saying why it is unusable, or None for a
+    well-formed event of a type nobody here handles (ignored by rule: other systems may add types)."""
+    if value is None:
+        return Rejection("empty_record", "the record has no value")
+    if len(value) > MAX_RECORD_BYTES:
+        return Rejection("too_large", f"{len(value)} bytes is over {MAX_RECORD_BYTES}")
+    try:
+        document = json.loads(value)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Rejection("invalid_json", str(exc)[:500])
+    if not isinstance(document, dict):
+        return Rejection("invalid_envelope", "a CloudEvent is a JSON object")
+    event_type = document.get("type")
+    spec = EVENTS.get(event_type) if isinstance(event_type, str) else None
+    if spec is None:
+        if not isinstance(event_type, str) or not document.get("id") or document.get("specversion") != "1.0":
+            return Rejection("invalid_envelope", "specversion 1.0, id and type are required")
+        return None
+    try:
+        return _typed_envelope(spec.data_model).model_validate(document)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:10]
+        )
+        return Rejection("invalid_event", details[:1000])
+
+
+class DeadLetters:
+    """Writes a record that cannot be used to ``<topic>.dlq``: original bytes and key untouched,
+    original headers kept, the reason in headers."""
+
+    def __init__(self, broker: KafkaBroker, settings: ServiceSettings) -> None:
+        self._broker = broker
+        self._settings = settings
+
+    async def send(self, record: ConsumerRecord[Any, Any], rejection: Rejection) -> None:
+        headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
+        headers.update({
+            H_REASON: rejection.reason,
+            H_ERROR: rejection.error[:2000],
+            H_TOPIC: record.topic,
+            H_PARTITION: str(record.partition),
+            H_OFFSET: str(record.offset),
+            H_FAILED_AT: utcnow().isoformat().replace("+00:00", "Z"),
+            H_CONSUMER: self._settings.consumer_group,
+        })
+        await self._broker.publish(
+            record.value or b"",
+            topic=dlq_topic(record.topic),
+            key=record.key,
+            headers=headers,
+        )
+        metrics.EVENTS_DEAD_LETTERED.labels(self._settings.service_name, record.topic, rejection.reason).inc()
+        log.warning("event dead-lettered", topic=record.topic, partition=record.partition,
+                    offset=record.offset, reason=rejection.reason, error=rejection.error[:300])
+
+
+class EventConsumer:
+    """Runs one topic's records through their typed handlers with retries, DLQ and metrics."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        topic: str,
+        handlers: Mapping[str, EventHandler],
+        dead_letters: DeadLetters,
+    ) -> None:
+        unknown = set(handlers) - {spec.type for spec in TOPICS[topic]}
+        if unknown:
+            raise ValueError(f"{sorted(unknown)} are not event types of {topic}")
+        self.settings = settings
+        self.topic = topic
+        self.handlers = dict(handlers)
+        self.dead_letters = dead_letters
+
+    async def process(self, record: ConsumerRecord[Any, Any]) -> str:
+        """Handle one record; returns the outcome. Raises only for transient failures, so the
+        caller does not commit the offset and the record comes again."""
+        service = self.settings.service_name
+        parsed = parse_event(record.value)
+        if isinstance(parsed, Rejection):
+            await self.dead_letters.send(record, parsed)
+            metrics.EVENTS_CONSUMED.labels(service, self.topic, "unknown", "dead_lettered").inc()
+            return "dead_lettered"
+        if parsed is None or parsed.type not in self.handlers:
+            event_type = parsed.type if parsed is not None else "unknown"
+            metrics.EVENTS_CONSUMED.labels(service, self.topic, event_type, "ignored").inc()
+            return "ignored"
+        handler = self.handlers[parsed.type]
+        with structlog.contextvars.bound_contextvars(
+            event_id=parsed.id, event_type=parsed.type, traceparent=parsed.traceparent,
+            trace_id=traceparent_trace_id(parsed.traceparent),
+        ):
+            attempt = 0
+            while True:
+                attempt += 1
+                started = time.perf_counter()
+                try:
+                    await handler(parsed)
+                except Exception as exc:
+                    if attempt < self.settings.consumer_max_attempts:
+                        log.warning("handler failed, retrying", attempt=attempt, error=repr(exc)[:300])
+                        await asyncio.sleep(self.settings.consumer_retry_backoff_seconds * 2 ** (attempt - 1))
+                        continue
+                    if is_transient(exc):
+                        metrics.EVENTS_CONSUMED.labels(service, self.topic, parsed.type, "retried").inc()
+                        log.error("store or broker unavailable; the event will be delivered again",
+                                  error=repr(exc)[:300])
+                        raise
+                    await self.dead_letters.send(
+                        record, Rejection("handler_failed", f"{type(exc).__name__}: {exc}"))
+                    metrics.EVENTS_CONSUMED.labels(service, self.topic, parsed.type, "dead_lettered").inc()
+                    return "dead_lettered"
+                metrics.HANDLER_LATENCY.labels(service, parsed.type).observe(time.perf_counter() - started)
+                metrics.EVENTS_CONSUMED.labels(service, self.topic, parsed.type, "handled").inc()
+                return "handled"
+
+
+def register_consumer(broker: KafkaBroker, consumer: EventConsumer) -> Any:
+    """Subscribe ``consumer`` to its topic in the service's consumer group, committing only after
+    the handler's effects are stored."""
+    settings = consumer.settings
+    types = ", ".join(sorted(consumer.handlers))
+    subscriber = broker.subscriber(
+        settings.topic(consumer.topic),
+        group_id=settings.consumer_group,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title=f"{settings.service_name}:{consumer.topic}",
+        description=f"CloudEvents on {consumer.topic} handled by {settings.service_name}: {types}",
+    )
+
+    @subscriber
+    async def on_record(message: KafkaMessage) -> None:
+        record = message.raw_message
+        assert not isinstance(record, tuple)
+        try:
+            await consumer.process(record)
+        except Exception:
+            # Transient: back off a little so a store outage is not a hot loop of redeliveries.
+            await asyncio.sleep(min(5.0, settings.consumer_retry_backoff_seconds * 10))
+            raise
+
+    return subscriber

@@ -1,0 +1,183 @@
+"""One service process: FastAPI routes and FastStream subscribers together.
+
+The FastStream broker runs inside FastAPI's lifespan (what FastStream's FastAPI integration does;
+that integration is deprecated in FastStream 0.7 and moved to a separate package), so one process
+serves HTTP, consumes Kafka and runs its background loops (outbox relay, schedulers). Each service's
+``bootstrap`` builds a ``ServiceRuntime``, registers its consumers, routes and loops, then calls
+``create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
+
+from shared import idempotency
+from shared.auth import JwtVerifier
+from shared.errors import ERROR_RESPONSES
+from shared.http import RequestContextMiddleware, install_error_handlers, install_health_routes
+from shared.kafka import (
+    DeadLetters,
+    EventConsumer,
+    EventHandler,
+    EventPublisher,
+    make_broker,
+    register_consumer,
+)
+from shared.mongo import Document, Indexes, ensure_indexes, make_client, ping
+from shared.outbox import OutboxRelay, outbox_indexes
+from shared.settings import ServiceSettings
+
+log = structlog.stdlib.get_logger(__name__)
+
+BackgroundLoop = Callable[[], Awaitable[None]]
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        indexes: Sequence[Indexes] = (),
+        outbox_collections: Sequence[str] = (),
+        broker: KafkaBroker | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = settings.service_name
+        self.source = f"urn:pinwheel:{self.service}"
+        self.mongo = make_client(settings)
+        self.db = self.mongo[settings.mongodb_database]
+        self.broker = broker or make_broker(settings)
+        self.publisher = EventPublisher(self.broker, settings)
+        self.dead_letters = DeadLetters(self.broker, settings)
+        self.outbox = OutboxRelay(self.db, outbox_collections, self.publisher, self.service,
+                                  poll_seconds=settings.outbox_poll_seconds)
+        self.idempotency = idempotency.IdempotencyStore(self.db)
+        self.indexes: list[Indexes] = [*indexes, *outbox_indexes(outbox_collections), *idempotency.INDEXES]
+        self.loops: list[tuple[str, BackgroundLoop]] = []
+        if outbox_collections:
+            self.loops.append(("outbox-relay", self.outbox.run))
+        self.consumers: list[EventConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+
+    def consume(self, topic: str, handlers: Mapping[str, EventHandler]) -> EventConsumer:
+        consumer = EventConsumer(self.settings, topic, handlers, self.dead_letters)
+        register_consumer(self.broker, consumer)
+        self.consumers.append(consumer)
+        return consumer
+
+    def add_loop(self, name: str, loop: BackgroundLoop) -> None:
+        self.loops.append((name, loop))
+
+    async def _retry(self, what: str, action: Callable[[], Awaitable[Any]], timeout: float = 90.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        delay = 0.5
+        while True:
+            try:
+                await action()
+                return
+            except Exception as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning(f"{what} failed, retrying", error=repr(exc)[:300])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def start(self) -> None:
+        await self._retry("creating indexes", lambda: ensure_indexes(self.db, self.indexes))
+        await self._retry("starting the Kafka broker", self.broker.start)
+        for name, loop in self.loops:
+            self._tasks.append(asyncio.create_task(self._supervise(name, loop), name=name))
+        self.started = True
+        log.info("service started", consumers=[c.topic for c in self.consumers],
+                 loops=[name for name, _ in self.loops])
+
+    async def _supervise(self, name: str, loop: BackgroundLoop) -> None:
+        """Background loops restart after a crash instead of silently dying."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background loop crashed; restarting", loop=name)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.broker.stop()
+        await self.mongo.close()
+        self.started = False
+
+    async def mongo_ready(self) -> bool:
+        return await ping(self.mongo)
+
+    async def kafka_ready(self) -> bool:
+        if not self.started:
+            return False
+        try:
+            return bool(await self.broker.ping(timeout=1.0))
+        except Exception:
+            return False
+
+    def asyncapi(self) -> dict[str, Any]:
+        spec = AsyncAPI(self.broker, title=f"pinwheel {self.service}", version="1.0.0",
+                        description=f"Kafka topics consumed and published by the {self.service} service")
+        return dict(spec.to_specification().to_jsonable())
+
+
+def create_app(
+    runtime: ServiceRuntime,
+    routers: Iterable[APIRouter],
+    *,
+    title: str,
+    description: str,
+    openapi_tags: list[dict[str, Any]] | None = None,
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan,
+                  openapi_tags=openapi_tags, responses=ERROR_RESPONSES)
+    app.state.runtime = runtime
+    app.state.jwt_verifier = JwtVerifier(runtime.settings)
+    app.add_middleware(RequestContextMiddleware, service=runtime.service)
+    install_error_handlers(app)
+    install_health_routes(app, {"mongodb": runtime.mongo_ready, "kafka": runtime.kafka_ready})
+
+    @app.get("/asyncapi.json", tags=["operations"], summary="AsyncAPI document of this service's topics")
+    async def asyncapi() -> JSONResponse:
+        return JSONResponse(runtime.asyncapi())
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def runtime_of(app: Any) -> ServiceRuntime:
+    runtime: ServiceRuntime = app.state.runtime
+    return runtime
+
+
+Doc = Document

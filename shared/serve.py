@@ -1,0 +1,18 @@
+"""Run a service process: logging first, then uvicorn on the service's port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+
+from shared.logging import configure_logging
+from shared.settings import ServiceSettings
+
+
+def serve(settings: ServiceSettings, build_app: Callable[[ServiceSettings], FastAPI]) -> None:
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    app = build_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                lifespan="on", timeout_graceful_shutdown=10)
