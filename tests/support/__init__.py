@@ -1,0 +1,1 @@
+"""Test helpers: infrastructure, event builders, service runners."""

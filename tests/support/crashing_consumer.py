@@ -1,0 +1,49 @@
+"""A service process that dies (SIGKILL) right after its handler stored its effect and before the
+offset is committed: the worst moment for an at-least-once consumer.
+
+Run as ``python -m tests.support.crashing_consumer <service>`` with the usual env settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+from tests.support.services import wait_consumers_assigned
+
+
+async def main(service: str) -> None:
+    if service == "referral":
+        from services.referral.bootstrap import build_app
+        from services.referral.settings import ReferralSettings as Settings
+    elif service == "groupbuy":
+        from services.groupbuy.bootstrap import build_app
+        from services.groupbuy.settings import GroupbuySettings as Settings  # type: ignore[assignment]
+    else:
+        from services.rewards.bootstrap import build_app
+        from services.rewards.settings import RewardsSettings as Settings  # type: ignore[assignment]
+    app = build_app(Settings())
+    runtime = app.state.runtime
+    for consumer in runtime.consumers:
+        for event_type, handler in list(consumer.handlers.items()):
+            consumer.handlers[event_type] = _dying_after(handler)
+    await runtime.start()
+    await wait_consumers_assigned(runtime)
+    print("CRASHING-CONSUMER-READY", flush=True)
+    await asyncio.sleep(120)
+    sys.exit("the crashing consumer received no event")
+
+
+def _dying_after(handler: Any) -> Any:
+    async def wrapped(event: Any) -> None:
+        await handler(event)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return wrapped
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
