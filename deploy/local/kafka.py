@@ -72,6 +72,8 @@ JVM_OPTS = [
 _LOG4J2 = """\
 # Written by deploy/local/kafka.py; everything goes to stdout, which the runner appends to kafka.log.
 status = warn
+# Keep logging while Kafka's own shutdown hook runs, so kafka.log shows the whole clean shutdown.
+shutdownHook = disable
 appender.console.type = Console
 appender.console.name = STDOUT
 appender.console.layout.type = PatternLayout
@@ -406,7 +408,8 @@ def _run_async(coro: object, timeout: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local.kafka", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m deploy.local.kafka",
+                                     description="Run a local single-node Kafka broker (KRaft) without Docker.")
     parser.add_argument("command", choices=["install", "start", "stop", "kill", "status"])
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="data/log dir (default: $PINWHEEL_STATE_DIR or .local, + /kafka)")

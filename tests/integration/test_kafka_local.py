@@ -84,7 +84,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes], **kwargs: obj
     await producer.start()
     try:
         for value in values:
-            await producer.send_and_wait(topic, value, **kwargs)  # type: ignore[arg-type]
+            await producer.send_and_wait(topic, value, **kwargs)
     finally:
         await producer.stop()
 
