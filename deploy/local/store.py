@@ -147,8 +147,9 @@ def _find_go() -> str | None:
 
 def launcher_hash() -> str:
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update(name.encode() + b"\0" + (LAUNCHER_DIR / name).read_bytes() + b"\0")
+    sources = [LAUNCHER_DIR / "go.mod", LAUNCHER_DIR / "go.sum", *sorted(LAUNCHER_DIR.glob("*.go"))]
+    for path in sources:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
@@ -255,6 +256,8 @@ class LocalStore:
     def install(self) -> None:
         """Make sure the binaries exist: PostgreSQL (apt-get if missing) and the cached launcher."""
         if self.kind == "mongod":
+            if shutil.which("mongod") is None:
+                raise RuntimeError("PINWHEEL_STORE_KIND=mongod but there is no `mongod` on PATH")
             return
         self._pg_bindir = _find_pg_bindir()
         if self._pg_bindir is None:
