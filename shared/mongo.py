@@ -15,7 +15,7 @@ from typing import Any
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from shared.settings import ServiceSettings
 
@@ -50,7 +50,11 @@ async def ensure_indexes(db: AsyncDatabase[Document], indexes: Iterable[Indexes]
 
 
 def is_duplicate_key(exc: BaseException) -> bool:
-    return isinstance(exc, DuplicateKeyError) or getattr(exc, "code", None) == DUPLICATE_KEY
+    """A unique-key violation. FerretDB reports one caused by an update (not an insert) as
+    InternalError carrying PostgreSQL's SQLSTATE 23505, so that is recognised too."""
+    if isinstance(exc, DuplicateKeyError) or getattr(exc, "code", None) == DUPLICATE_KEY:
+        return True
+    return isinstance(exc, OperationFailure) and "SQLSTATE 23505" in str(exc)
 
 
 async def insert_once(collection: AsyncCollection[Document], document: Mapping[str, Any]) -> bool:

@@ -365,8 +365,13 @@ class LocalStore:
             dbpath.mkdir(parents=True, exist_ok=True)
             return ["mongod", "--dbpath", str(dbpath), "--port", str(self.port), "--bind_ip", self.host,
                     "--nounixsocket", "--wiredTigerCacheSizeGB", "0.25"]
+        # FerretDB as it is: updates are read-then-write-back, not atomic. The application decides
+        # every race by unique-key inserts, and the tests prove that against this weaker store.
+        # PINWHEEL_FERRETDB_SERIALIZE_WRITES=1 puts the serializing proxy in front (MongoDB-like updates).
+        serialize = os.environ.get("PINWHEEL_FERRETDB_SERIALIZE_WRITES", "0") == "1"
         return [str(launcher_path()), "-listen-addr", f"{self.host}:{self.port}",
-                "-postgresql-url", self.postgresql_url, "-log-level", self.log_level]
+                "-postgresql-url", self.postgresql_url, "-log-level", self.log_level,
+                f"-serialize-writes={'true' if serialize else 'false'}"]
 
     def _start_front(self, timeout: float) -> None:
         if self._front_pid() is not None:

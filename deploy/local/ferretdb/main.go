@@ -37,7 +37,7 @@ func main() {
 	listen := flag.String("listen-addr", "127.0.0.1:27017", "TCP address to listen on (loopback only)")
 	pgURL := flag.String("postgresql-url", "postgres://127.0.0.1:5432/ferretdb", "PostgreSQL connection URL")
 	logLevel := flag.String("log-level", "info", "log level: debug, info, warn or error")
-	serialize := flag.Bool("serialize-writes", true,
+	serialize := flag.Bool("serialize-writes", false,
 		"serialize update/findAndModify/delete per collection (FerretDB v1 loses concurrent updates)")
 	flag.Parse()
 
