@@ -1,0 +1,8 @@
+"""Business counters of the referral service (Prometheus)."""
+
+from prometheus_client import Counter
+
+BINDINGS = Counter("pinwheel_referral_bindings_total", "binding attempts by channel and outcome",
+                   ["channel", "outcome"])
+LEDGER_STEPS = Counter("pinwheel_referral_ledger_steps_total", "qualifications and disqualifications", ["kind"])
+MILESTONES = Counter("pinwheel_referral_milestones_total", "milestones announced", ["milestone"])
