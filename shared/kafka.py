@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,10 @@ def make_broker(settings: ServiceSettings, **kwargs: Any) -> KafkaBroker:
         linger_ms=1,
         request_timeout_ms=15_000,
         graceful_timeout=10.0,
+        # FastStream's per-message "Received"/"Processed" lines go to our structlog JSON pipeline,
+        # at debug level: at INFO they would be two lines per event.
+        logger=logging.getLogger("faststream.pinwheel"),
+        log_level=logging.DEBUG,
         description=f"pinwheel {settings.service_name} service",
         **kwargs,
     )
