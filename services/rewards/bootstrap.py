@@ -2,26 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
+import structlog
 from fastapi import FastAPI
 
-from services.rewards.entrypoints import consumers
+from services.rewards import handlers
+from services.rewards.adapters.store import (
+    INDEXES,
+    OUTBOX_COLLECTIONS,
+    BudgetStore,
+    CouponStore,
+    LedgerStore,
+    RefusalStore,
+)
+from services.rewards.clock import Clock, SystemClock
+from services.rewards.entrypoints import api, consumers
 from services.rewards.settings import RewardsSettings
 from shared.events import catalog
 from shared.runtime import ServiceRuntime, create_app
 from shared.settings import ServiceSettings
 
+log = structlog.stdlib.get_logger(__name__)
 
-def build_app(settings: ServiceSettings | None = None) -> FastAPI:
-    settings = settings or RewardsSettings()
-    runtime = ServiceRuntime(settings)
-    runtime.consume(catalog.ORDERS, {"order.completed": partial(consumers.on_order_completed, db=runtime.db)})
-    return create_app(
-        runtime, [],
+
+def build_app(settings: ServiceSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    settings = settings if isinstance(settings, RewardsSettings) else RewardsSettings()
+    runtime = ServiceRuntime(settings, indexes=INDEXES, outbox_collections=OUTBOX_COLLECTIONS)
+    db = runtime.db
+    deps = handlers.Deps(
+        coupons=CouponStore(db), ledger=LedgerStore(db), budgets=BudgetStore(db), refusals=RefusalStore(db),
+        outbox=runtime.outbox, clock=clock or SystemClock(), rules=settings.rule_config(),
+        budget_config=list(settings.budgets), reservation_ttl=settings.reservation_ttl,
+        min_withdrawal=settings.min_withdrawal, source=runtime.source,
+    )
+    runtime.consume(catalog.REFERRAL, {
+        "referral.bound": partial(consumers.on_referral_bound, deps=deps),
+        "referral.qualified": partial(consumers.on_referral_qualified, deps=deps),
+        "referral.disqualified": partial(consumers.on_referral_disqualified, deps=deps),
+    })
+    runtime.consume(catalog.GROUPBUY, {"groupbuy.group_formed": partial(consumers.on_group_formed, deps=deps)})
+    runtime.consume(catalog.ORDERS, {
+        "order.completed": partial(consumers.on_order_completed, deps=deps, db=db),
+        "order.refunded": partial(consumers.on_order_refunded, deps=deps),
+    })
+
+    async def reservation_sweeper() -> None:
+        while True:
+            released = await handlers.release_lapsed_reservations(deps)
+            if released:
+                log.info("lapsed coupon reservations released", count=released)
+            await asyncio.sleep(settings.reservation_sweep_seconds)
+
+    runtime.add_loop("reservation-sweeper", reservation_sweeper)
+    app = create_app(
+        runtime, [api.router],
         title="pinwheel rewards",
         description=(
-            "Coupons and commissions issued exactly once in effect, redem"
-            "ption, commission ledger and withdrawals."
+            "Coupons and commissions issued exactly once in effect, redemption, commission ledger and "
+            "withdrawals. Rewards come from `referral.events`, `groupbuy.events` and `orders.events`; "
+            "every change is announced on `rewards.events`."
         ),
+        openapi_tags=[
+            {"name": "coupons", "description": "the caller's coupons; checkout reservations (service scope)"},
+            {"name": "commissions", "description": "commission ledger, balances and withdrawals"},
+            {"name": "operators", "description": "admin scope"},
+        ],
     )
+    app.state.rewards_deps = deps
+    return app
