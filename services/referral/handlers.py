@@ -72,9 +72,18 @@ class Deps:
     def thresholds(self) -> dict[str, int]:
         return {HIGH_FISSION_USER: self.settings.high_fission_at, FISSION_EXPERT: self.settings.fission_expert_at}
 
+    def now(self) -> datetime:
+        return to_store_precision(self.clock())
+
     def event(self, data: EventData, *decision: str) -> CloudEvent[Any]:
         """An outbound event whose id is derived from the decision, so re-deciding gives the same id."""
         return make_event(data, source=self.source, event_id=new_event_id(*decision))
+
+
+def to_store_precision(moment: datetime) -> datetime:
+    """Times as the store keeps them (milliseconds), so an event built now and one rebuilt later
+    from the stored document carry the same values."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 class BindingRefused(Exception):
@@ -100,7 +109,7 @@ async def get_or_create_code(deps: Deps, user_id: str) -> tuple[Document, bool]:
         if existing is not None:
             return existing, False
         code = generate_code(deps.settings.code_length)
-        outcome = await deps.store.insert_code(user_id, code, deps.clock())
+        outcome = await deps.store.insert_code(user_id, code, deps.now())
         if outcome == "created":
             created = await deps.store.code_of(user_id)
             assert created is not None
@@ -119,9 +128,9 @@ def share_url(deps: Deps, code: str) -> str:
 async def record_registration(deps: Deps, event: CloudEvent[s.UserRegistered]) -> Document:
     data = event.data
     return await deps.store.remember_registration({
-        "_id": data.user_id, "registered_at": data.registered_at, "device_id": data.device_id,
+        "_id": data.user_id, "registered_at": to_store_precision(data.registered_at), "device_id": data.device_id,
         "ip": str(data.ip) if data.ip is not None else None, "phone_hash": data.phone_hash,
-        "referral_code": data.referral_code, "source_event_id": event.id, "received_at": deps.clock(),
+        "referral_code": data.referral_code, "source_event_id": event.id, "received_at": deps.now(),
     })
 
 
@@ -139,14 +148,14 @@ async def on_registered(deps: Deps, event: CloudEvent[s.UserRegistered]) -> None
     except BindingRefused as refused:
         await deps.store.record_refusal({
             "_id": event.id, "invitee_id": event.data.user_id, "code": code, "reason": refused.refusal.value,
-            "channel": "registration", "refused_at": deps.clock()})
+            "channel": "registration", "refused_at": deps.now()})
 
 
 async def on_order_completed(deps: Deps, event: CloudEvent[s.OrderCompleted]) -> None:
     data = event.data
     await deps.store.remember_order({
-        "_id": data.order_id, "user_id": data.user_id, "amount": data.amount, "completed_at": data.completed_at,
-        "source_event_id": event.id})
+        "_id": data.order_id, "user_id": data.user_id, "amount": data.amount,
+        "completed_at": to_store_precision(data.completed_at), "source_event_id": event.id})
     await try_qualify(deps, data.user_id)
 
 
@@ -156,7 +165,7 @@ async def on_order_refunded(deps: Deps, event: CloudEvent[s.OrderRefunded]) -> N
         return  # only a full refund disqualifies
     await deps.store.remember_full_refund({
         "_id": data.order_id, "user_id": data.user_id, "refunded_amount": data.refunded_amount,
-        "refunded_at": data.refunded_at, "source_event_id": event.id})
+        "refunded_at": to_store_precision(data.refunded_at), "source_event_id": event.id})
     await try_disqualify(deps, data.user_id)
 
 
@@ -174,7 +183,7 @@ async def bind(deps: Deps, *, invitee_id: str, code: str, channel: s.BindingChan
     if existing is not None and existing["inviter_id"] == inviter_id:
         return await _binding_settled(deps, existing)  # the same binding again: a retry or redelivery
     registration = await store.registration_of(invitee_id)
-    when = bound_at or deps.clock()
+    when = bound_at or deps.now()
     earliest_order = await store.earliest_order_of(invitee_id)
     inviter_registration = await store.registration_of(inviter_id) if inviter_id else None
     chain = await store.inviter_chain(inviter_id, deps.settings.cycle_max_depth) if inviter_id else []
@@ -193,7 +202,7 @@ async def bind(deps: Deps, *, invitee_id: str, code: str, channel: s.BindingChan
         raise BindingRefused(refusal)
     assert inviter_id is not None and registration is not None
     device_id, ip = registration.get("device_id"), registration.get("ip")
-    slot = await store.take_daily_slot(inviter_id, utc_day(when), invitee_id, deps.clock())
+    slot = await store.take_daily_slot(inviter_id, utc_day(when), invitee_id, deps.now())
     flags = flags_for(
         daily_slot=slot,
         others_on_device=await store.invitees_sharing(inviter_id, "device_id", device_id, invitee_id),
@@ -203,7 +212,7 @@ async def bind(deps: Deps, *, invitee_id: str, code: str, channel: s.BindingChan
     document: Document = {
         "_id": invitee_id, "inviter_id": inviter_id, "code": normalized, "bound_at": when, "channel": channel,
         "device_id": device_id, "ip": ip, "flagged": bool(flags), "flag_reasons": [f.value for f in flags],
-        "daily_slot": slot, "source_event_id": source_event_id, "created_at": deps.clock(),
+        "daily_slot": slot, "source_event_id": source_event_id, "created_at": deps.now(),
     }
     if flags:
         event = deps.event(s.ReferralFlagged(
@@ -259,7 +268,7 @@ async def review(deps: Deps, invitee_id: str, decision: Decision, reviewer_id: s
     if not binding.get("flagged"):
         raise ReviewConflict("not_flagged", "this binding was not flagged for review")
     document: Document = {"_id": invitee_id, "decision": decision, "reviewer_id": reviewer_id,
-                          "inviter_id": binding["inviter_id"], "reviewed_at": deps.clock()}
+                          "inviter_id": binding["inviter_id"], "reviewed_at": deps.now()}
     with_outbox(document, [_bound_event(deps, binding)] if decision == "approve" else [])
     if await deps.store.insert_review(document):
         await deps.outbox.flush_quietly(REVIEWS, document)
@@ -400,7 +409,7 @@ async def my_referrals(deps: Deps, user_id: str) -> dict[str, Any]:
 
 async def leaderboard(deps: Deps, period: Period, caller_id: str) -> dict[str, Any]:
     """Top inviters by invites qualified in the period and not disqualified since."""
-    since = period_start(period, deps.clock())
+    since = period_start(period, deps.now())
     qualifications = await deps.store.qualifications_since(since)
     disqualified = await deps.store.disqualified_among([q["invitee_id"] for q in qualifications]) \
         if qualifications else set()
