@@ -298,6 +298,7 @@ class Groupbuy:
 
     async def _take_payment(self, group: Document, order: s.OrderCompleted, source_event_id: str) -> None:
         group_id, campaign_id = group["_id"], group["campaign_id"]
+        late = False
         for _ in range(3):  # a lost insert race is judged again on what won it
             seats, outcomes = await self.store.seats(group_id), await self.store.seat_outcomes(group_id)
             seat = seat_of(order.user_id, seats)
@@ -310,11 +311,13 @@ class Groupbuy:
                 await self._after_payment(group, order, source_event_id)
                 return
             if verdict.action == "reject":
-                await self._reject(order, source_event_id, verdict.reason or "rejected")
+                reason = "payment_window_expired" if late and verdict.reason == "seat_released" else verdict.reason
+                await self._reject(order, source_event_id, reason or "rejected")
                 return
             assert seat is not None
             if verdict.action == "release_first":
                 await self.release_seat(seat, campaign_id, "payment_window_expired")
+                late = True
                 continue  # judged again: released (reject) or, had the payment won, duplicate
             now = self.now()
             paid = self._event(s.MemberPaid(group_id=group_id, campaign_id=campaign_id, user_id=seat.user_id,
