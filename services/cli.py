@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import time
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -100,6 +103,126 @@ def token(
 
     secret = os.environ.get("PINWHEEL_JWT_SECRET", LOCAL_DEV_JWT_SECRET)
     typer.echo(issue_token(secret, subject, scope, ttl))
+
+
+ops = typer.Typer(help="Operator tools: replay, dead letters, consumer lag", no_args_is_help=True)
+app.add_typer(ops, name="ops")
+dlq = typer.Typer(help="Dead letters: list, show, redrive", no_args_is_help=True)
+ops.add_typer(dlq, name="dlq")
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise typer.BadParameter(f"{value!r} needs a time zone, e.g. 2026-11-21T10:00:00Z")
+    return moment.astimezone(UTC)
+
+
+def _bootstrap() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+
+
+def _topic(name: str) -> str:
+    return os.environ.get("PINWHEEL_TOPIC_PREFIX", "") + name
+
+
+@ops.command("replay")
+def ops_replay(
+    service: Annotated[str, typer.Argument(help="referral | groupbuy | rewards")],
+    from_: Annotated[str, typer.Option("--from", help="RFC 3339 start, e.g. 2026-11-21T10:00:00Z")],
+    to: Annotated[str | None, typer.Option("--to", help="RFC 3339 end (default: now)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="apply nothing; say what would change")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Re-run a service's handlers over its topics' events in a time range (the service may keep running)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from services.ops.replay import replay
+
+    start = _parse_time(from_)
+    assert start is not None
+    with Progress(TextColumn("[bold]replay {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=as_json) as bar:
+        task = bar.add_task(service, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, total=total, advance=done)
+
+        summary = asyncio.run(replay(service, start, _parse_time(to), dry_run=dry_run, progress=progress))
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+        return
+    verb = "would apply" if dry_run else "applied"
+    typer.echo(f"{service}: {summary.events_read} events read; {summary.events_with_effects} events {verb} "
+               f"{summary.effects_applied} effects; {summary.duplicates_skipped} duplicates skipped; "
+               f"{summary.ignored} ignored; {summary.failures} failures")
+    if summary.by_type:
+        typer.echo("  by type: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.by_type.items())))
+    if dry_run:
+        typer.echo("  would write: " + (", ".join(f"{k}={v}" for k, v in summary.would_write.items()) or "nothing"))
+        typer.echo("  would publish: "
+                   + (", ".join(f"{k}={v}" for k, v in sorted(summary.would_publish.items())) or "nothing"))
+    if summary.failure_reasons:
+        typer.echo("  failures: " + ", ".join(f"{k}={v}" for k, v in summary.failure_reasons.items()))
+
+
+@dlq.command("list")
+def dlq_list(topic: Annotated[str, typer.Argument(help="e.g. orders.events (its .dlq is read)")]) -> None:
+    """Dead letters of a topic with their reasons."""
+    from services.ops.dlq import read_all
+
+    letters = asyncio.run(read_all(_bootstrap(), _topic(topic)))
+    for letter in letters:
+        row = letter.as_dict()
+        typer.echo(f"{row['ref']:>10}  {row['reason']:<16} {row.get('type') or '-':<24} {row.get('id') or '-'}  "
+                   f"{(row['error'] or '')[:80]}")
+    typer.echo(f"{len(letters)} dead letters in {_topic(topic)}.dlq")
+
+
+@dlq.command("show")
+def dlq_show(topic: Annotated[str, typer.Argument()],
+             ref: Annotated[str, typer.Argument(help="partition:offset, as listed")]) -> None:
+    """One dead letter in full: headers and the original bytes."""
+    from services.ops.dlq import read_all
+
+    for letter in asyncio.run(read_all(_bootstrap(), _topic(topic))):
+        if letter.ref == ref:
+            typer.echo(json.dumps(letter.as_dict(with_value=True), indent=2))
+            return
+    raise typer.Exit(code=1)
+
+
+@dlq.command("redrive")
+def dlq_redrive(
+    topic: Annotated[str, typer.Argument()],
+    refs: Annotated[list[str] | None, typer.Argument(help="partition:offset of each record to redrive")] = None,
+    reason: Annotated[str | None, typer.Option(help="redrive every dead letter with this reason")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="redrive every dead letter")] = False,
+) -> None:
+    """Send selected dead letters back to their original topic (after a fix); they keep their event ids."""
+    from services.ops.dlq import read_all, redrive, select
+
+    letters = asyncio.run(read_all(_bootstrap(), _topic(topic)))
+    chosen = select(letters, refs, reason, all_)
+    if not chosen:
+        typer.echo("nothing selected: give partition:offset refs, --reason or --all", err=True)
+        raise typer.Exit(code=1)
+    sent = asyncio.run(redrive(_bootstrap(), chosen))
+    typer.echo(f"redrove {sent} of {len(letters)} dead letters to {chosen[0].original_topic}")
+
+
+@ops.command("lag")
+def ops_lag() -> None:
+    """Consumer lag per service, topic and partition."""
+    from services.ops.lag import consumer_lag
+
+    rows = asyncio.run(consumer_lag())
+    for row in rows:
+        typer.echo(f"{row.service:9} {row.topic:28} p{row.partition:<3} committed={row.committed!s:>8} "
+                   f"end={row.end:>8} lag={row.lag}")
+    typer.echo(f"total lag: {sum(row.lag for row in rows)}")
 
 
 def _print_urls() -> None:

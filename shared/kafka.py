@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,7 @@ class EventPublisher:
     def __init__(self, broker: KafkaBroker, settings: ServiceSettings) -> None:
         self._broker = broker
         self._settings = settings
+        self.would_publish: Counter[str] = Counter()  # dry run: what would have been published
 
     async def publish(self, event: CloudEvent[Any]) -> None:
         spec = EVENTS[event.type]
@@ -120,6 +122,9 @@ class EventPublisher:
         )
 
     async def publish_raw(self, value: bytes, *, topic: str, key: str, event_id: str, event_type: str) -> None:
+        if self._settings.dry_run:
+            self.would_publish[event_type] += 1
+            return
         await self._broker.publish(
             value,
             topic=self._settings.topic(topic),

@@ -7,7 +7,9 @@ document with a deterministic unique key, and the loser sees a duplicate-key err
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -57,13 +59,44 @@ def is_duplicate_key(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and "SQLSTATE 23505" in str(exc)
 
 
+@dataclass
+class EffectTally:
+    """What the inserts inside a ``tally_effects()`` block did: new documents vs duplicates.
+    Operators' replay reports "effects applied" and "duplicates skipped" from it."""
+
+    inserted: int = 0
+    duplicates: int = 0
+
+
+_TALLY: ContextVar[EffectTally | None] = ContextVar("pinwheel_effect_tally", default=None)
+
+
+@contextlib.contextmanager
+def tally_effects() -> Iterator[EffectTally]:
+    tally = EffectTally()
+    token = _TALLY.set(tally)
+    try:
+        yield tally
+    finally:
+        _TALLY.reset(token)
+
+
+def _count(inserted: int = 0, duplicates: int = 0) -> None:
+    tally = _TALLY.get()
+    if tally is not None:
+        tally.inserted += inserted
+        tally.duplicates += duplicates
+
+
 async def insert_once(collection: AsyncCollection[Document], document: Mapping[str, Any]) -> bool:
     """Insert; False if a document with the same unique key exists (the race was lost, or the
     effect happened already). This is how every decision is made exactly once."""
     try:
         await collection.insert_one(dict(document))
     except DuplicateKeyError:
+        _count(duplicates=1)
         return False
+    _count(inserted=1)
     return True
 
 
@@ -80,7 +113,9 @@ async def insert_many_once(collection: AsyncCollection[Document], documents: Seq
         if other:
             raise
         duplicate = {e["index"] for e in errors}
+        _count(inserted=len(documents) - len(duplicate), duplicates=len(duplicate))
         return [i for i in range(len(documents)) if i not in duplicate]
+    _count(inserted=len(documents))
     return list(range(len(documents)))
 
 

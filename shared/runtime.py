@@ -22,6 +22,7 @@ from faststream.specification import AsyncAPI
 
 from shared import idempotency
 from shared.auth import JwtVerifier
+from shared.dryrun import DryRunDatabase
 from shared.errors import ERROR_RESPONSES
 from shared.http import RequestContextMiddleware, install_error_handlers, install_health_routes
 from shared.kafka import (
@@ -54,7 +55,9 @@ class ServiceRuntime:
         self.service = settings.service_name
         self.source = f"urn:pinwheel:{self.service}"
         self.mongo = make_client(settings)
-        self.db = self.mongo[settings.mongodb_database]
+        self.db: Any = self.mongo[settings.mongodb_database]
+        if settings.dry_run:
+            self.db = DryRunDatabase(self.db)
         self.broker = broker or make_broker(settings)
         self.publisher = EventPublisher(self.broker, settings)
         self.dead_letters = DeadLetters(self.broker, settings)

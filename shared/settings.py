@@ -56,6 +56,7 @@ class ServiceSettings(BaseSettings):
     consumer_max_attempts: int = Field(3, ge=1, description="tries of a failing handler before the DLQ")
     consumer_retry_backoff_seconds: float = 0.2
     public_base_url: str = ""
+    dry_run: bool = Field(False, description="read-only: writes and publishes are recorded, not made (ops replay)")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> ServiceSettings:

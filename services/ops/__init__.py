@@ -1,0 +1,1 @@
+"""Operator tools: replay a service's history, inspect and redrive dead letters, consumer lag."""

@@ -1,0 +1,130 @@
+"""Dead letters: list them with their reasons, show one, redrive selected ones to the original topic.
+
+A redriven record is the original bytes and key, so the event keeps its id and consumers dedupe it
+if it had been applied after all; the DLQ headers are dropped and ``dlq-redriven-from`` added.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from shared.events.catalog import DLQ_SUFFIX
+from shared.kafka import H_ERROR, H_FAILED_AT, H_REASON, H_TOPIC
+
+DLQ_HEADER_PREFIX = "dlq-"
+REDRIVEN_FROM = "dlq-redriven-from"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode(errors="replace")
+        return None
+
+    @property
+    def reason(self) -> str:
+        return self.header(H_REASON) or "unknown"
+
+    @property
+    def original_topic(self) -> str:
+        return self.header(H_TOPIC) or self.topic.removesuffix(DLQ_SUFFIX)
+
+    def event_summary(self) -> dict[str, Any]:
+        try:
+            document = json.loads(self.value)
+        except ValueError:
+            return {}
+        if not isinstance(document, dict):
+            return {}
+        return {"id": document.get("id"), "type": document.get("type")}
+
+    def as_dict(self, with_value: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ref": self.ref, "reason": self.reason, "error": self.header(H_ERROR),
+            "failed_at": self.header(H_FAILED_AT), "original_topic": self.original_topic,
+            "key": self.key.decode(errors="replace") if self.key else None, **self.event_summary(),
+        }
+        if with_value:
+            out["headers"] = {k: v.decode(errors="replace") for k, v in self.headers}
+            out["value"] = self.value.decode(errors="replace")
+        return out
+
+
+def dlq_name(topic: str) -> str:
+    return topic if topic.endswith(DLQ_SUFFIX) else topic + DLQ_SUFFIX
+
+
+async def read_all(bootstrap_servers: str, topic: str) -> list[DeadLetter]:
+    """Every record now in the DLQ topic, oldest first per partition."""
+    topic = dlq_name(topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return []
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        pending = {tp for tp in partitions if ends[tp] > starts[tp]}
+        if not pending:
+            return []
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+        letters: list[DeadLetter] = []
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        letters.append(DeadLetter(record.topic, record.partition, record.offset, record.key,
+                                                  record.value or b"", tuple(record.headers or ())))
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+            if not batch:
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+        return sorted(letters, key=lambda letter: (letter.partition, letter.offset))
+    finally:
+        await consumer.stop()
+
+
+def select(letters: list[DeadLetter], refs: list[str] | None = None, reason: str | None = None,
+           everything: bool = False) -> list[DeadLetter]:
+    if everything:
+        return letters
+    chosen = [letter for letter in letters
+              if (refs and letter.ref in refs) or (reason is not None and letter.reason == reason)]
+    return chosen
+
+
+async def redrive(bootstrap_servers: str, letters: list[DeadLetter]) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for letter in letters:
+            headers = [(k, v) for k, v in letter.headers if not k.startswith(DLQ_HEADER_PREFIX)]
+            headers.append((REDRIVEN_FROM, f"{letter.topic}:{letter.ref}".encode()))
+            await producer.send_and_wait(letter.original_topic, letter.value, key=letter.key, headers=headers)
+    finally:
+        await producer.stop()
+    return len(letters)

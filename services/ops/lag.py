@@ -1,0 +1,45 @@
+"""Consumer lag per service, topic and partition: end offset minus the group's committed offset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.ops.registry import SERVICE_NAMES, runtime_for
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    service: str
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return self.end - (self.committed or 0)
+
+
+async def consumer_lag(services: tuple[str, ...] = SERVICE_NAMES) -> list[PartitionLag]:
+    rows: list[PartitionLag] = []
+    for service in services:
+        runtime = runtime_for(service)
+        settings = runtime.settings
+        topics = [settings.topic(c.topic) for c in runtime.consumers]
+        await runtime.mongo.close()
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                    group_id=settings.consumer_group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            for tp in partitions:
+                committed = await consumer.committed(tp)
+                rows.append(PartitionLag(service, settings.consumer_group, tp.topic, tp.partition, committed, ends[tp]))
+        finally:
+            await consumer.stop()
+    return rows
