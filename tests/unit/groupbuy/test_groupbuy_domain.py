@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -67,8 +68,8 @@ def test_a_valid_campaign_has_strictly_increasing_sizes_and_strictly_decreasing_
     tiers = [TierRule(size, p) for size, p in raw]
     if not validate(tiers, list_price=price):
         prices = [t.price(price) for t in tiers]
-        assert all(a.size < b.size for a, b in zip(tiers, tiers[1:], strict=False))
-        assert all(a > b for a, b in zip(prices, prices[1:], strict=False))
+        assert all(a.size < b.size for a, b in itertools.pairwise(tiers))
+        assert all(a > b for a, b in itertools.pairwise(prices))
         assert all(p >= 0 for p in prices)
 
 
