@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -304,3 +304,12 @@ def register_consumer(broker: KafkaBroker, consumer: EventConsumer) -> Any:
             raise
 
     return subscriber
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
+    """The partitions of ``topics`` for a consumer that has not subscribed to them (ops tools).
+    aiokafka has no public call for that: ``topics()`` does not refresh the metadata that
+    ``partitions_for_topic`` reads, so the client's metadata is refreshed first."""
+    await consumer._client.force_metadata_update()
+    return [TopicPartition(topic, partition)
+            for topic in topics for partition in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.events.catalog import DLQ_SUFFIX
-from shared.kafka import H_ERROR, H_FAILED_AT, H_REASON, H_TOPIC
+from shared.kafka import H_ERROR, H_FAILED_AT, H_REASON, H_TOPIC, topic_partitions
 
 DLQ_HEADER_PREFIX = "dlq-"
 REDRIVEN_FROM = "dlq-redriven-from"
@@ -77,8 +77,7 @@ async def read_all(bootstrap_servers: str, topic: str) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = await topic_partitions(consumer, [topic])
         if not partitions:
             return []
         ends = await consumer.end_offsets(partitions)

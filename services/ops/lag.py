@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from services.ops.registry import SERVICE_NAMES, runtime_for
+from shared.kafka import topic_partitions
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,7 @@ async def consumer_lag(services: tuple[str, ...] = SERVICE_NAMES) -> list[Partit
                                     group_id=settings.consumer_group, enable_auto_commit=False)
         await consumer.start()
         try:
-            await consumer.topics()
-            partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            partitions = await topic_partitions(consumer, topics)
             ends = await consumer.end_offsets(partitions) if partitions else {}
             for tp in partitions:
                 committed = await consumer.committed(tp)

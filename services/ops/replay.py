@@ -21,7 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.ops.registry import runtime_for
-from shared.kafka import EventConsumer, Rejection
+from shared.dryrun import DryRunDatabase
+from shared.kafka import EventConsumer, Rejection, topic_partitions
 from shared.mongo import tally_effects
 
 Progress = Callable[[int], None]
@@ -69,10 +70,7 @@ def _millis(moment: datetime) -> int:
 async def plan_ranges(consumer: AIOKafkaConsumer, topics: list[str], start: datetime,
                       end: datetime | None) -> dict[TopicPartition, tuple[int, int]]:
     """Per partition: [first offset at or after ``start``, offset at ``end`` or the current end)."""
-    partitions = []
-    for topic in topics:
-        for partition in sorted(consumer.partitions_for_topic(topic) or ()):
-            partitions.append(TopicPartition(topic, partition))
+    partitions = await topic_partitions(consumer, topics)
     if not partitions:
         return {}
     end_offsets = await consumer.end_offsets(partitions)
@@ -107,7 +105,6 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
     if not dry_run:
         await runtime.broker.connect()
     try:
-        await consumer.topics()  # metadata for partitions_for_topic
         ranges = await plan_ranges(consumer, list(by_topic), start, end)
         total = sum(last - first for first, last in ranges.values())
         if progress:
@@ -148,9 +145,9 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
             if progress:
                 progress(read, total)
         summary.would_publish.update(runtime.publisher.would_publish)
-        log = getattr(runtime.db, "log", None)
-        if log is not None:
-            summary.would_write = {f"{coll}.{op}": n for (coll, op), n in sorted(log.counts.items())}
+        if isinstance(runtime.db, DryRunDatabase):
+            counts = runtime.db.log.counts
+            summary.would_write = {f"{coll}.{op}": n for (coll, op), n in sorted(counts.items())}
         return summary
     finally:
         await consumer.stop()
