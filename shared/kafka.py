@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -74,6 +75,13 @@ def traceparent_trace_id(traceparent: str | None) -> str | None:
         return None
     parts = traceparent.split("-")
     return parts[1] if len(parts) == 4 else None
+
+
+def derived_traceparent(event_id: str) -> str:
+    """A trace for an event that arrived without one, derived from its id: the events it causes
+    share one trace id, and a replay of it lands in the same trace."""
+    digest = uuid.uuid5(uuid.NAMESPACE_URL, "pinwheel-trace:" + event_id).hex
+    return f"00-{digest}-{digest[:16]}-01"
 
 
 def make_event(
@@ -249,9 +257,10 @@ class EventConsumer:
             metrics.EVENTS_CONSUMED.labels(service, self.topic, event_type, "ignored").inc()
             return "ignored"
         handler = self.handlers[parsed.type]
+        traceparent = parsed.traceparent or derived_traceparent(parsed.id)
         with structlog.contextvars.bound_contextvars(
-            event_id=parsed.id, event_type=parsed.type, traceparent=parsed.traceparent,
-            trace_id=traceparent_trace_id(parsed.traceparent),
+            event_id=parsed.id, event_type=parsed.type, traceparent=traceparent,
+            trace_id=traceparent_trace_id(traceparent),
         ):
             attempt = 0
             while True:
