@@ -211,3 +211,20 @@ def ms(text: str) -> datetime:
     """An RFC 3339 time at the store's precision (milliseconds)."""
     moment = ts(text)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+async def drained(harness: Harness, timeout: float = 60) -> None:
+    """Wait until the service has consumed and committed everything on its topics."""
+
+    async def caught_up() -> bool:
+        for subscriber in harness.svc.runtime.broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            assert consumer is not None
+            partitions = list(consumer.assignment())
+            ends = await consumer.end_offsets(partitions)
+            for tp in partitions:
+                if (await consumer.committed(tp) or 0) < ends[tp]:
+                    return False
+        return True
+
+    await eventually(caught_up, timeout=timeout, interval=0.2, message="consumers caught up")
