@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -88,7 +88,7 @@ class PublishedEvents:
             found = self.of(event_type, **data)
             return found if len(found) >= count else None
 
-        return await eventually(enough, timeout=timeout, message=f"{count} x {event_type} {data}")
+        return await eventually(cast(Any, enough), timeout=timeout, message=f"{count} x {event_type} {data}")
 
     async def settle(self, seconds: float = 1.5) -> None:
         """Give anything that should NOT be published a chance to show up."""
@@ -136,12 +136,12 @@ class Harness:
         return body
 
     async def wait_binding(self, invitee_id: str) -> dict[str, Any]:
-        binding: dict[str, Any] = await eventually(lambda: self.deps.store.binding_of(invitee_id),
+        binding: dict[str, Any] = await eventually(cast(Any, lambda: self.deps.store.binding_of(invitee_id)),
                                                    message=f"binding of {invitee_id}")
         return binding
 
     async def wait_registration(self, user_id: str) -> dict[str, Any]:
-        registration: dict[str, Any] = await eventually(lambda: self.deps.store.registration_of(user_id),
+        registration: dict[str, Any] = await eventually(cast(Any, lambda: self.deps.store.registration_of(user_id)),
                                                         message=f"registration of {user_id}")
         return registration
 

@@ -28,7 +28,7 @@ async def test_daily_limit_flags_the_bindings_over_it(harness: Harness) -> None:
     assert len(harness.events.of("referral.bound", inviter_id=alice)) == 20
     assert {e["data"]["invitee_id"] for e in bound} | {e["data"]["invitee_id"] for e in flagged} == set(invitees)
     assert all(e["data"]["reasons"] == ["daily_binding_limit"] for e in flagged)
-    slots = sorted([(await harness.deps.store.binding_of(i))["daily_slot"] for i in invitees])  # type: ignore[index]
+    slots = sorted([(await harness.deps.store.binding_of(i))["daily_slot"] for i in invitees])
     assert slots == list(range(1, 23))
 
 
