@@ -88,12 +88,12 @@ def reverse(state: LedgerState, *, credit_ref: str, amount: int, at: datetime) -
 
 
 def withdraw(state: LedgerState, *, withdrawal_id: str, amount: int, minimum: int, at: datetime) -> Entry | Refusal:
-    if state.balance < 0:
+    available = state.available(at)
+    if available < 0:
         return Refusal(409, "balance_negative",
-                       "a reversal left the balance negative; no withdrawal until it is repaid")
+                       "a reversal left the balance negative; no withdrawal until it is made up")
     if amount < minimum:
         return Refusal(422, "below_minimum_withdrawal", f"the minimum withdrawal is {minimum}")
-    available = state.available(at)
     if amount > available:
         return Refusal(409, "insufficient_balance", f"only {max(available, 0)} is available to withdraw")
     return apply(state, "withdrawal", -amount, f"withdrawal:{withdrawal_id}", at)
