@@ -31,21 +31,22 @@ QUOTA_RETURNS = "quota_returns"  # _id=<scope>#return#<holder>: the holder's uni
 
 OUTBOX_COLLECTIONS = [GROUPS, JOINS, SEAT_OUTCOMES, GROUP_OUTCOMES, REJECTIONS]
 
-INDEXES = [
-    Indexes(GROUPS, [
-        IndexModel([("status", ASCENDING), ("deadline", ASCENDING)]),
-        IndexModel([("campaign_id", ASCENDING), ("status", ASCENDING), ("deadline", ASCENDING)]),
-    ]),
-    Indexes(SEATS, [
-        IndexModel([("group_id", ASCENDING)]),
-        IndexModel([("state", ASCENDING), ("payment_deadline", ASCENDING)]),
-    ]),
-    Indexes(SEAT_OUTCOMES, [IndexModel([("group_id", ASCENDING)])]),
-    Indexes(JOINS, [IndexModel([("group_id", ASCENDING)])]),
-    Indexes(GROUP_OUTCOMES, [IndexModel([("finalized", ASCENDING), ("decided_at", ASCENDING)])]),
-    Indexes(QUOTA_CLAIMS, [IndexModel([("scope", ASCENDING), ("holder", ASCENDING)])]),
-    Indexes(QUOTA_RETURNS, [IndexModel([("scope", ASCENDING)])]),
+# One index per ``Indexes`` entry: FerretDB 1.24 closes the connection when one ``createIndexes``
+# command with several indexes meets a collection that already has them (every restart), while
+# creating them one by one is idempotent.
+_INDEX_KEYS: list[tuple[str, list[tuple[str, int]]]] = [
+    (GROUPS, [("status", ASCENDING), ("deadline", ASCENDING)]),  # due groups
+    (GROUPS, [("campaign_id", ASCENDING), ("status", ASCENDING), ("deadline", ASCENDING)]),  # open-groups list
+    (SEATS, [("group_id", ASCENDING)]),
+    (SEATS, [("state", ASCENDING), ("payment_deadline", ASCENDING)]),  # due seats
+    (SEAT_OUTCOMES, [("group_id", ASCENDING)]),
+    (JOINS, [("group_id", ASCENDING)]),
+    (GROUP_OUTCOMES, [("finalized", ASCENDING), ("decided_at", ASCENDING)]),  # unfinished outcomes
+    (QUOTA_CLAIMS, [("scope", ASCENDING), ("holder", ASCENDING)]),
+    (QUOTA_RETURNS, [("scope", ASCENDING)]),
+    (REJECTIONS, [("group_id", ASCENDING)]),
 ]
+INDEXES = [Indexes(collection, [IndexModel(keys)]) for collection, keys in _INDEX_KEYS]
 
 
 def seat_from_doc(doc: Mapping[str, Any]) -> Seat:
