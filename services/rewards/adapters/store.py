@@ -29,7 +29,7 @@ REFUSALS = "refusals"
 
 OUTBOX_COLLECTIONS = (COUPONS, TRANSITIONS, LEDGER)
 
-INDEXES = [
+_INDEXES = [
     Indexes(COUPONS, [
         IndexModel([("code", ASCENDING)], unique=True),
         IndexModel([("user_id", ASCENDING), ("issued_at", ASCENDING)]),
@@ -52,6 +52,9 @@ INDEXES = [
     ]),
     Indexes(REFUSALS, [IndexModel([("at", DESCENDING)])]),
 ]
+# One index per createIndexes call: FerretDB 1.24 drops the connection when one call re-creates
+# several indexes that exist already (every restart, every second replica).
+INDEXES = [Indexes(spec.collection, [model]) for spec in _INDEXES for model in spec.models]
 
 
 class SeqTaken(Exception):
