@@ -489,7 +489,8 @@ class Groupbuy:
             "seats_taken": len(live), "seats_paid": len(paid),
             "seats_left": 0 if status != "open" else rules.max_seats - len(live),
             "list_price": rules.list_price, "currency": "CNY",
-            "tier_reached": tier_doc(tier) if tier else None, "price_now": price_now,
+            "tier_reached": {**tier_doc(tier), "price": rules.price_at(tier)} if tier else None,
+            "price_now": price_now,
             "tiers": [{**tier_doc(t), "price": rules.price_at(t)} for t in rules.tiers],
             "members": members,
         }

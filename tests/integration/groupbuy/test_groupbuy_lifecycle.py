@@ -33,7 +33,7 @@ async def test_three_person_group_forms_at_once_with_tier_and_each_members_price
     assert two_paid["status"] == "open" and two_paid["tier_reached"]["size"] == 2 and two_paid["price_now"] == 8000
     await gb.pay("erin", group_id, "o-e")
     formed = await eventually(lambda: _view_if(gb, group_id, lambda v: v["status"] == "formed"), message="formed")
-    assert formed["tier_reached"] == {"size": 3, "percent_off": 30, "amount_off": None, "price": None}
+    assert formed["tier_reached"] == {"size": 3, "percent_off": 30, "amount_off": None, "price": 7000}
     assert [m["price"] for m in formed["members"]] == [7000, 7000, 7000]
 
     events = await gb.events(lambda es: of_type(es, "groupbuy.group_formed"))
