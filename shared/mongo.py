@@ -46,9 +46,11 @@ class Indexes:
 
 
 async def ensure_indexes(db: AsyncDatabase[Document], indexes: Iterable[Indexes]) -> None:
+    # One index per createIndexes call: FerretDB 1.24 drops the connection when a single call
+    # re-creates several indexes that exist already (every restart, every second replica).
     for spec in indexes:
-        if spec.models:
-            await db[spec.collection].create_indexes(list(spec.models))
+        for model in spec.models:
+            await db[spec.collection].create_indexes([model])
 
 
 def is_duplicate_key(exc: BaseException) -> bool:
