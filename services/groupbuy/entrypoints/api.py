@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -12,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from services.groupbuy.domain.campaign import TierRule
 from services.groupbuy.handlers import CampaignDraft, Groupbuy
 from shared.auth import Admin, CurrentUser
-from shared.errors import ERROR_RESPONSES
+from shared.errors import ERROR_RESPONSES, ErrorBody
 from shared.events.envelope import Money, UtcDatetime
 
 PathId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -140,6 +139,8 @@ class GroupOut(BaseModel):
 
 
 class GroupList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"groups": [
+        GroupOut.model_config["json_schema_extra"]["examples"][0]]}]})  # type: ignore[index]
     groups: list[GroupOut] = Field(description="joinable groups, soonest to close first")
 
 
@@ -199,6 +200,7 @@ def build_router(groupbuy: Groupbuy) -> APIRouter:
         return await idempotency(request).run(request, principal.user_id, {"campaign_id": campaign_id}, produce)
 
     @router.post("/groups/{group_id}/members", status_code=201, response_model=GroupOut, tags=["groups"],
+                 responses={410: {"model": ErrorBody, "description": "the group is closed (`group_closed`)"}},
                  summary="Take a seat in a group (pay it within the payment window with an order naming the group)",
                  description="Refusals: 404 `group_not_found`, 409 `group_full`, 409 `already_member` (also when "
                              "your earlier seat here was released), 410 `group_closed`, 409 `campaign_not_active`, "
@@ -216,5 +218,4 @@ def build_router(groupbuy: Groupbuy) -> APIRouter:
     async def get_group(group_id: PathId, principal: CurrentUser) -> GroupOut:
         return GroupOut.model_validate(await groupbuy.group_view(group_id, principal.user_id))
 
-    _ = datetime  # keep the import for pydantic forward refs in some toolchains
     return router
