@@ -449,6 +449,7 @@ async def test_rewards_budgets_are_never_exceeded_and_refusals_are_recorded(infr
         {"scope": "campaign", "campaign": "referral", "rules": ["expert_commission"], "max_amount": 1000},
     ]
     settings = settings_for(RewardsSettings, infra, namespace, budgets=budgets)
+    await create_topics(infra.bootstrap_servers, [settings.topic(t) for t in TOPIC_OF.values()], 4)
     ann = f"ann-{namespace}"
     async with running(build_app, settings) as one, running(build_app, settings) as two:
         deps = [one.app.state.rewards_deps, two.app.state.rewards_deps]
