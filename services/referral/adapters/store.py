@@ -30,7 +30,7 @@ LEDGER = "qualification_ledger"
 
 OUTBOX_COLLECTIONS = [BINDINGS, REVIEWS, LEDGER]
 
-INDEXES = [
+_INDEXES_BY_COLLECTION = [
     Indexes(CODES, [IndexModel([("code", ASCENDING)], unique=True, name="code_unique")]),
     Indexes(BINDINGS, [
         IndexModel([("inviter_id", ASCENDING), ("bound_at", ASCENDING)], name="by_inviter"),
@@ -51,6 +51,10 @@ INDEXES = [
         IndexModel([("invitee_id", ASCENDING)], name="by_invitee"),
     ]),
 ]
+
+# One model per createIndexes call: FerretDB 1.24 drops the connection when a single createIndexes
+# command names several indexes that all exist already (every restart after the first).
+INDEXES = [Indexes(spec.collection, [model]) for spec in _INDEXES_BY_COLLECTION for model in spec.models]
 
 MAX_SEQUENCE_RETRIES = 1000
 
