@@ -7,6 +7,7 @@ queries, never the decision of record. Documents carrying events use the same-do
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -166,18 +167,29 @@ class GroupbuyStore:
     async def claim(self, scope: str, capacity: int, holder: str) -> bool:
         """Take one unit of ``scope`` for ``holder``; False when none is left.
 
-        Units are the keys ``<scope>#1 .. #n``; the k-th is inserted only while k <= capacity + returns
-        seen. Returns only grow and each holder returns at most once, so claims - returns, the units in
-        use, never exceeds ``capacity`` whatever the concurrency (no read-then-update anywhere)."""
+        Units are the keys ``<scope>#1 .. #n``; a key k is inserted only while k <= capacity + returns
+        seen. Keys are unique, returns only grow and each holder returns at most once, so claims -
+        returns (the units in use) never exceeds ``capacity`` whatever the concurrency (no
+        read-then-update anywhere). Keys are probed at random so that concurrent claimers rarely
+        collide; when the probes miss (few units left), the free keys are read and tried in turn."""
         claims, returns = self.db[QUOTA_CLAIMS], self.db[QUOTA_RETURNS]
+
+        async def take(k: int) -> bool:
+            return await insert_once(claims, {"_id": f"{scope}#{k}", "scope": scope, "k": k, "holder": holder})
+
         for _ in range(2):
-            taken = await claims.count_documents({"scope": scope})
-            given_back = await returns.count_documents({"scope": scope})
-            k = taken + 1
-            while k <= capacity + given_back:
-                if await insert_once(claims, {"_id": f"{scope}#{k}", "scope": scope, "k": k, "holder": holder}):
+            limit = capacity + await returns.count_documents({"scope": scope})
+            if await claims.count_documents({"scope": scope}) >= limit:
+                continue
+            for _probe in range(4):
+                if await take(random.randint(1, limit)):
                     return True
-                k += 1
+            taken = {d["k"] async for d in claims.find({"scope": scope}, {"k": 1, "_id": 0})}
+            free = [k for k in range(1, limit + 1) if k not in taken]
+            random.shuffle(free)
+            for k in free:
+                if await take(k):
+                    return True
         return False
 
     async def give_back(self, scope: str, holder: str) -> bool:
