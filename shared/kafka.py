@@ -287,18 +287,23 @@ class EventConsumer:
                 return "handled"
 
 
-def register_consumer(broker: KafkaBroker, consumer: EventConsumer) -> Any:
-    """Subscribe ``consumer`` to its topic in the service's consumer group, committing only after
-    the handler's effects are stored."""
-    settings = consumer.settings
-    types = ", ".join(sorted(consumer.handlers))
+def register_consumers(broker: KafkaBroker, settings: ServiceSettings, consumers: list[EventConsumer]) -> Any:
+    """One subscriber for every topic the service consumes, in the service's consumer group,
+    committing only after the handler's effects are stored.
+
+    One consumer, not one per topic: several consumers in one group join it one after the other,
+    so each join rebalances the others, and after a restart one topic is consumed while the group
+    is still rebalancing for the next."""
+    by_topic = {settings.topic(consumer.topic): consumer for consumer in consumers}
+    names = [consumer.topic for consumer in consumers]
+    types = ", ".join(sorted(t for consumer in consumers for t in consumer.handlers))
     subscriber = broker.subscriber(
-        settings.topic(consumer.topic),
+        *by_topic,
         group_id=settings.consumer_group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        title=f"{settings.service_name}:{consumer.topic}",
-        description=f"CloudEvents on {consumer.topic} handled by {settings.service_name}: {types}",
+        title=f"{settings.service_name}:{'+'.join(names)}",
+        description=f"CloudEvents on {', '.join(names)} handled by {settings.service_name}: {types}",
     )
 
     @subscriber
@@ -306,7 +311,7 @@ def register_consumer(broker: KafkaBroker, consumer: EventConsumer) -> Any:
         record = message.raw_message
         assert not isinstance(record, tuple)
         try:
-            await consumer.process(record)
+            await by_topic[record.topic].process(record)
         except Exception:
             # Transient: back off a little so a store outage is not a hot loop of redeliveries.
             await asyncio.sleep(min(5.0, settings.consumer_retry_backoff_seconds * 10))

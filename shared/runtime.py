@@ -31,7 +31,7 @@ from shared.kafka import (
     EventHandler,
     EventPublisher,
     make_broker,
-    register_consumer,
+    register_consumers,
 )
 from shared.mongo import Document, Indexes, ensure_indexes, make_client, ping
 from shared.outbox import OutboxRelay, outbox_indexes
@@ -69,14 +69,23 @@ class ServiceRuntime:
         if outbox_collections:
             self.loops.append(("outbox-relay", self.outbox.run))
         self.consumers: list[EventConsumer] = []
+        self._subscribed = False
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
 
     def consume(self, topic: str, handlers: Mapping[str, EventHandler]) -> EventConsumer:
+        """Handle ``topic``'s event types; every topic of the service shares one subscriber."""
+        if self._subscribed:
+            raise RuntimeError("consume() after the subscriber was registered")
         consumer = EventConsumer(self.settings, topic, handlers, self.dead_letters)
-        register_consumer(self.broker, consumer)
         self.consumers.append(consumer)
         return consumer
+
+    def subscribe(self) -> None:
+        """Register the one Kafka subscriber for all consumed topics (done by ``create_app``)."""
+        if self.consumers and not self._subscribed:
+            register_consumers(self.broker, self.settings, self.consumers)
+        self._subscribed = True
 
     def add_loop(self, name: str, loop: BackgroundLoop) -> None:
         self.loops.append((name, loop))
@@ -163,6 +172,7 @@ def create_app(
 
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan,
                   openapi_tags=openapi_tags, responses=ERROR_RESPONSES)
+    runtime.subscribe()
     app.state.runtime = runtime
     app.state.jwt_verifier = JwtVerifier(runtime.settings)
     app.add_middleware(RequestContextMiddleware, service=runtime.service)

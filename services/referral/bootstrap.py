@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from services.referral.adapters.store import INDEXES, OUTBOX_COLLECTIONS, ReferralStore
 from services.referral.entrypoints import consumers
 from services.referral.entrypoints.api import router
-from services.referral.entrypoints.subscription import consume_together
 from services.referral.handlers import Clock, Deps
 from services.referral.settings import ReferralSettings
 from shared.events import catalog
@@ -26,12 +25,11 @@ def build_app(settings: ServiceSettings | None = None, clock: Clock = utcnow) ->
     runtime = ServiceRuntime(settings, indexes=INDEXES, outbox_collections=OUTBOX_COLLECTIONS)
     deps = Deps(store=ReferralStore(runtime.db), outbox=runtime.outbox, settings=settings,
                 source=runtime.source, clock=clock)
-    consume_together(runtime, {
-        catalog.USERS: {"user.registered": partial(consumers.on_user_registered, db=runtime.db, deps=deps)},
-        catalog.ORDERS: {
-            "order.completed": partial(consumers.on_order_completed, deps=deps),
-            "order.refunded": partial(consumers.on_order_refunded, deps=deps),
-        },
+    runtime.consume(catalog.USERS, {
+        "user.registered": partial(consumers.on_user_registered, db=runtime.db, deps=deps)})
+    runtime.consume(catalog.ORDERS, {
+        "order.completed": partial(consumers.on_order_completed, deps=deps),
+        "order.refunded": partial(consumers.on_order_refunded, deps=deps),
     })
     app = create_app(
         runtime, [router],
