@@ -108,6 +108,8 @@ class Groupbuy:
         self.settings = settings
         self.source = source
         self.grace = timedelta(seconds=settings.settle_grace_seconds)
+        # Campaigns never change after creation, so a process may keep the ones it has read.
+        self._campaigns: dict[str, tuple[Document, CampaignRules]] = {}
 
     def now(self) -> datetime:
         return to_millis(self.clock.now())
@@ -141,10 +143,16 @@ class Groupbuy:
         return await self.campaign_view(doc["_id"])
 
     async def _campaign(self, campaign_id: str) -> tuple[Document, CampaignRules]:
+        cached = self._campaigns.get(campaign_id)
+        if cached is not None:
+            return cached
         doc = await self.store.campaign(campaign_id)
         if doc is None:
             raise ApiError(404, "campaign_not_found", f"campaign {campaign_id} not found")
-        return doc, rules_from_doc(doc)
+        if len(self._campaigns) > 10_000:
+            self._campaigns.clear()
+        self._campaigns[campaign_id] = (doc, rules_from_doc(doc))
+        return self._campaigns[campaign_id]
 
     async def campaign_view(self, campaign_id: str) -> Document:
         doc, rules = await self._campaign(campaign_id)
