@@ -9,6 +9,7 @@ import structlog
 from fastapi import FastAPI
 
 from services.rewards import handlers
+from services.rewards.adapters.publishing import OutboxBatcher
 from services.rewards.adapters.store import (
     INDEXES,
     OUTBOX_COLLECTIONS,
@@ -31,9 +32,10 @@ def build_app(settings: ServiceSettings | None = None, *, clock: Clock | None = 
     settings = settings if isinstance(settings, RewardsSettings) else RewardsSettings()
     runtime = ServiceRuntime(settings, indexes=INDEXES, outbox_collections=OUTBOX_COLLECTIONS)
     db = runtime.db
+    publisher = OutboxBatcher(runtime.broker, runtime.outbox, settings, enabled=settings.outbox_batching)
     deps = handlers.Deps(
         coupons=CouponStore(db), ledger=LedgerStore(db), budgets=BudgetStore(db), refusals=RefusalStore(db),
-        outbox=runtime.outbox, clock=clock or SystemClock(), rules=settings.rule_config(),
+        publisher=publisher, clock=clock or SystemClock(), rules=settings.rule_config(),
         budget_config=list(settings.budgets), reservation_ttl=settings.reservation_ttl,
         min_withdrawal=settings.min_withdrawal, source=runtime.source,
     )
@@ -56,6 +58,7 @@ def build_app(settings: ServiceSettings | None = None, *, clock: Clock | None = 
             await asyncio.sleep(settings.reservation_sweep_seconds)
 
     runtime.add_loop("reservation-sweeper", reservation_sweeper)
+    runtime.add_loop("outbox-batcher", publisher.run)
     app = create_app(
         runtime, [api.router],
         title="pinwheel rewards",

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
+from services.rewards.adapters.publishing import OutboxBatcher
 from services.rewards.adapters.store import (
     COUPONS,
     LEDGER,
@@ -47,7 +48,7 @@ from shared.events import schemas as s
 from shared.events.envelope import new_event_id
 from shared.kafka import make_event
 from shared.mongo import Document
-from shared.outbox import OutboxRelay, with_outbox
+from shared.outbox import with_outbox
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -72,7 +73,7 @@ class Deps:
     ledger: LedgerStore
     budgets: BudgetStore
     refusals: RefusalStore
-    outbox: OutboxRelay
+    publisher: OutboxBatcher
     clock: Clock
     rules: RuleConfig
     budget_config: list[budget_rules.Budget]
@@ -118,7 +119,7 @@ async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
         # the decision for every coupon of the event in one round trip; a duplicate is "done"
         new_docs = await deps.coupons.insert_new([_coupon_document(r, deps) for r in coupon_rewards])
         for doc in new_docs:
-            await deps.outbox.flush_quietly(COUPONS, doc)
+            await deps.publisher.submit(COUPONS, doc)
             REWARDS_GRANTED.labels(doc["rule"]).inc()
             granted.append(doc["_id"])
     for reward in admitted:
@@ -169,7 +170,7 @@ async def _credit_commission(reward: Reward, grant: CommissionGrant, deps: Deps)
             continue
         except AlreadyDone:
             return False
-        await deps.outbox.flush_quietly(LEDGER, doc)
+        await deps.publisher.submit(LEDGER, doc)
         return True
 
 
@@ -207,7 +208,8 @@ async def _claim(key: str, budget: budget_rules.Budget, reward: Reward, deps: De
         attempt += 1
         seq, use = await deps.budgets.use(key)
         if not budget_rules.fits(use, budget, reward.value):
-            return False
+            # full, perhaps because a concurrent delivery of this very reward claimed the last slot
+            return await deps.budgets.holds(key, reward.reward_id)
         try:
             await deps.budgets.append(key, seq + 1, "claim", reward.reward_id, reward.value,
                                       budget_rules.after_claim(use, reward.value), deps.clock.now())
@@ -215,8 +217,8 @@ async def _claim(key: str, budget: budget_rules.Budget, reward: Reward, deps: De
         except SeqTaken:
             await _lost_race("budget", attempt, started)
         except AlreadyDone:
-            # claimed by an earlier delivery; still held unless that delivery gave it back
-            return not await deps.budgets.released(key, reward.reward_id)
+            # claimed by an earlier or concurrent delivery; held unless it was given back
+            return await deps.budgets.holds(key, reward.reward_id)
 
 
 async def _release(key: str, reward: Reward, deps: Deps) -> None:
@@ -288,7 +290,7 @@ async def _reverse_commission(credit: Document, reason: str, source_event_id: st
             continue
         except AlreadyDone:
             return False
-        await deps.outbox.flush_quietly(LEDGER, doc)
+        await deps.publisher.submit(LEDGER, doc)
         return True
 
 
@@ -322,7 +324,7 @@ async def change_coupon(coupon_doc: Document, decide: Decide, deps: Deps,
         COUPON_TRANSITIONS.labels(decision.action).inc()
         await deps.coupons.cache_state(coupon.code, decision.state)
         if events:
-            await deps.outbox.flush_quietly(TRANSITIONS, doc)
+            await deps.publisher.submit(TRANSITIONS, doc)
         return decision
 
 
@@ -437,7 +439,7 @@ async def withdraw(user_id: str, amount: int, withdrawal_id: str,
             continue
         except AlreadyDone:
             return None
-        await deps.outbox.flush_quietly(LEDGER, doc)
+        await deps.publisher.submit(LEDGER, doc)
         return decision
 
 

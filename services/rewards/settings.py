@@ -46,6 +46,8 @@ class RewardsSettings(ServiceSettings):
     reservation_minutes: float = Field(30, gt=0, description="unconfirmed reservations are released after")
     reservation_sweep_seconds: float = Field(30, gt=0)
     min_withdrawal: Amount = Field(1000, ge=1)
+    outbox_batching: bool = Field(True, description="publish outbox events in ordered batches off the "
+                                                    "handler's path (false: inline, one document at a time)")
 
     def rule_config(self) -> RuleConfig:
         return RuleConfig(

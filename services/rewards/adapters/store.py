@@ -223,8 +223,11 @@ class BudgetStore:
             return 0, BudgetUse()
         return doc["seq"], BudgetUse(doc["count_after"], doc["amount_after"])
 
-    async def released(self, key: str, reward_id: str) -> bool:
-        return await self.claims.find_one({"key": key, "claim": f"release:{reward_id}"}, {"_id": 1}) is not None
+    async def holds(self, key: str, reward_id: str) -> bool:
+        """This reward claimed ``key`` and has not given it back."""
+        found = {d["claim"] async for d in self.claims.find(
+            {"key": key, "claim": {"$in": [f"claim:{reward_id}", f"release:{reward_id}"]}}, {"claim": 1})}
+        return found == {f"claim:{reward_id}"}
 
     async def append(self, key: str, seq: int, kind: str, reward_id: str, value: int, after: BudgetUse,
                      at: datetime) -> None:
