@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import uuid
 from datetime import timedelta
 from functools import partial
@@ -484,3 +486,49 @@ async def test_rewards_budgets_are_never_exceeded_and_refusals_are_recorded(infr
 def test_rewards_reward_ids_and_codes_are_deterministic():
     assert reward_id("inviter_coupon", "e1", "ann") == "inviter_coupon:e1:ann"
     assert coupon_code(reward_id("inviter_coupon", "e1", "ann")) == coupon_code("inviter_coupon:e1:ann")
+
+
+# ------------------------------------------------------------------ crash
+
+
+async def test_rewards_process_killed_after_granting_before_commit_grants_once_and_publishes(infra, namespace):
+    settings = settings_for(RewardsSettings, infra, namespace)
+    ann, bob = f"ann-{namespace}", f"bob-{namespace}"
+    event = qualified(ann, bob, 8)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "MONGODB_URI": infra.mongodb_uri,
+           "PINWHEEL_TOPIC_PREFIX": settings.topic_prefix, "REWARDS_MONGODB_DATABASE": settings.mongodb_database,
+           "REWARDS_CONSUMER_GROUP": settings.consumer_group, "PINWHEEL_LOG_FORMAT": "json",
+           "PINWHEEL_ENV": "test"}
+    crashing = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.crashing_consumer", "rewards", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        assert crashing.stdout is not None
+        async with asyncio.timeout(90):
+            while b"CRASHING-CONSUMER-READY" not in (line := await crashing.stdout.readline()):
+                assert line, "the crashing consumer exited before it was ready"
+        async with Producer(infra.bootstrap_servers, settings.topic_prefix) as producer:
+            await send(producer, event)
+        assert await asyncio.wait_for(crashing.wait(), 60) == -9
+    finally:
+        if crashing.returncode is None:
+            crashing.kill()
+
+    async with running(build_app, settings) as svc:
+        # stored before the crash, and the same event comes again: still one of each
+        await eventually(lambda: _caught_up(svc), message="redelivered event handled")
+        await asyncio.sleep(1)
+        assert len(await coupons_of(svc, ann)) == 1
+        assert await svc.db[LEDGER].count_documents({"user_id": ann}) == 1
+        # whatever the dead process had not published, the relay publishes
+        await eventually(lambda: _nothing_pending(svc), message="outbox drained")
+    events = await read_rewards_events(infra.bootstrap_servers, settings.topic("rewards.events"), 2)
+    assert sorted({e["type"] for e in events}) == ["rewards.commission_credited", "rewards.coupon_issued"]
+    assert {e["data"]["source_event_id"] for e in events} == {event["id"]}
+
+
+async def _nothing_pending(svc: Any) -> bool:
+    for name in ("coupons", "ledger"):
+        if await svc.db[name].count_documents({"outbox_pending": True}):
+            return False
+    return True
