@@ -25,6 +25,9 @@ class GroupbuySettings(ServiceSettings):
     scheduler_enabled: bool = Field(True, description="run the due-work loop in this process")
     scheduler_interval_seconds: float = Field(1.0, gt=0, le=600)
     scheduler_batch: int = Field(200, ge=1, le=10_000, description="due seats/groups handled per pass")
+    # Per user and replica (a shared limit belongs to the gateway, see SECURITY.md).
+    join_rate_limit_per_minute: int = Field(
+        20, ge=1, description="group joins and opens (one window) per user per minute")
     list_groups_limit: int = Field(20, ge=1, le=200, description="groups returned by the open-groups list")
     settle_grace_seconds: float = Field(
         5.0, ge=0, le=600,

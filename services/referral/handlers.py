@@ -377,9 +377,9 @@ async def try_disqualify(deps: Deps, invitee_id: str) -> Document | None:
 # ------------------------------------------------------------------ views
 
 
-async def my_referrals(deps: Deps, user_id: str) -> dict[str, Any]:
+async def my_referrals(deps: Deps, user_id: str, limit: int = 1000) -> dict[str, Any]:
     store = deps.store
-    bindings = await store.bindings_of_inviter(user_id)
+    bindings = await store.bindings_of_inviter(user_id, limit=limit)
     ids = [b["_id"] for b in bindings]
     reviews = await store.reviews_of(ids) if ids else {}
     entries = await store.ledger_entries_for(ids) if ids else []
@@ -429,8 +429,8 @@ async def leaderboard(deps: Deps, period: Period, caller_id: str) -> dict[str, A
         for rank, inviter in enumerate(ranked[: deps.settings.leaderboard_size], start=1)]}
 
 
-async def flagged(deps: Deps) -> list[dict[str, Any]]:
-    bindings = await deps.store.flagged_bindings()
+async def flagged(deps: Deps, limit: int = 500) -> list[dict[str, Any]]:
+    bindings = await deps.store.flagged_bindings(limit=limit)
     reviews = await deps.store.reviews_of([b["_id"] for b in bindings]) if bindings else {}
     return [{
         "invitee_id": b["_id"], "inviter_id": b["inviter_id"], "code": b["code"], "channel": b["channel"],

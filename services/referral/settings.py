@@ -28,3 +28,7 @@ class ReferralSettings(ServiceSettings):
     shared_ip_threshold: int = Field(5, ge=2, description="invitees of one inviter on one ip -> flag")
     cycle_max_depth: int = Field(100, ge=1, description="how far up the inviter chain the cycle check walks")
     leaderboard_size: int = Field(10, ge=1, le=100)
+    # Per user and replica (a shared limit belongs to the gateway, see SECURITY.md).
+    bind_rate_limit_per_minute: int = Field(
+        10, ge=1, description="POST /v1/referrals per user per minute (code entry: stops brute-forcing codes)")
+    code_rate_limit_per_minute: int = Field(10, ge=1, description="POST /v1/referral-codes per user per minute")

@@ -10,10 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from services.groupbuy.domain.campaign import TierRule
 from services.groupbuy.handlers import CampaignDraft, Groupbuy
-from shared.auth import Admin, CurrentUser
+from shared.auth import Admin, CurrentUser, Principal
 from shared.errors import ERROR_RESPONSES, ErrorBody
 from shared.events.envelope import Money, UtcDatetime
+from shared.ratelimit import rate_limited_by_setting
 
+# Opening a group takes a seat too: one window for both, per user.
+SeatTaker = Annotated[Principal, rate_limited_by_setting("group_join", "join_rate_limit_per_minute")]
 PathId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 # ------------------------------------------------------------------ request and response models
@@ -192,7 +195,7 @@ def build_router(groupbuy: Groupbuy) -> APIRouter:
                  summary="Open a group; the caller holds seat 1 and must pay it within the payment window",
                  description="Refusals: 404 `campaign_not_found`, 409 `campaign_not_active`, 403 `new_users_only`, "
                              "409 `per_user_limit_reached`, 409 `out_of_stock`. Accepts `Idempotency-Key`.")
-    async def open_group(campaign_id: PathId, request: Request, principal: CurrentUser) -> JSONResponse:
+    async def open_group(campaign_id: PathId, request: Request, principal: SeatTaker) -> JSONResponse:
         async def produce() -> tuple[int, Any]:
             view = await groupbuy.open_group(campaign_id, principal.user_id)
             return 201, GroupOut.model_validate(view).model_dump(mode="json")
@@ -206,7 +209,7 @@ def build_router(groupbuy: Groupbuy) -> APIRouter:
                              "your earlier seat here was released), 410 `group_closed`, 409 `campaign_not_active`, "
                              "403 `new_users_only`, 409 `per_user_limit_reached`, 409 `out_of_stock`. "
                              "Accepts `Idempotency-Key`.")
-    async def join_group(group_id: PathId, request: Request, principal: CurrentUser) -> JSONResponse:
+    async def join_group(group_id: PathId, request: Request, principal: SeatTaker) -> JSONResponse:
         async def produce() -> tuple[int, Any]:
             view = await groupbuy.join_group(group_id, principal.user_id)
             return 201, GroupOut.model_validate(view).model_dump(mode="json")

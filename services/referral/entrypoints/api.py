@@ -12,13 +12,18 @@ from services.referral import handlers
 from services.referral.domain.rules import REFUSAL_MESSAGES, Refusal
 from services.referral.domain.status import mask_id
 from services.referral.handlers import BindingRefused, Deps, ReviewConflict
-from shared.auth import Admin, CurrentUser
+from shared.auth import Admin, CurrentUser, Principal
 from shared.errors import ERROR_RESPONSES, ApiError
 from shared.events.envelope import UtcDatetime
+from shared.ratelimit import rate_limited_by_setting
 
 router = APIRouter()
 
 StatusName = Literal["bound", "qualified", "disqualified", "under_review", "rejected"]
+
+# Per-user rate limits (429 + Retry-After): code entry is what one would brute-force.
+CodeEnterer = Annotated[Principal, rate_limited_by_setting("code_entry", "bind_rate_limit_per_minute")]
+CodeCreator = Annotated[Principal, rate_limited_by_setting("code_creation", "code_rate_limit_per_minute")]
 
 # unknown_code is "not found"; every other refusal conflicts with the invitee's current state.
 REFUSAL_STATUS = {Refusal.UNKNOWN_CODE: 404}
@@ -152,7 +157,9 @@ async def _binding_out(deps: Deps, binding: dict[str, Any]) -> dict[str, Any]:
     summary="Get the caller's referral code and share URL (created once, the same one after)",
     responses={**ERROR_RESPONSES, 200: {"model": ReferralCodeOut, "description": "the code existed already"}},
 )
-async def create_referral_code(request: Request, user: CurrentUser) -> JSONResponse:
+async def create_referral_code(
+    request: Request, user: CodeCreator,
+) -> JSONResponse:
     deps = _deps(request)
 
     async def produce() -> tuple[int, Any]:
@@ -176,7 +183,7 @@ async def create_referral_code(request: Request, user: CurrentUser) -> JSONRespo
     responses={**ERROR_RESPONSES, 200: {"model": BindingOut, "description": "already bound to this code's owner"}},
 )
 async def bind_referral(
-    request: Request, user: CurrentUser,
+    request: Request, user: CodeEnterer,
     body: Annotated[BindIn, Body(openapi_examples={"bind": {"value": {"code": "K7QM2ZPA"}}})],
 ) -> JSONResponse:
     deps = _deps(request)
@@ -195,8 +202,11 @@ async def bind_referral(
 
 @router.get("/v1/me/referrals", tags=["referral"], response_model=MyReferralsOut,
             summary="The caller's invitees, qualified count, milestones and progress", responses=ERROR_RESPONSES)
-async def my_referrals(request: Request, user: CurrentUser) -> dict[str, Any]:
-    return await handlers.my_referrals(_deps(request), user.user_id)
+async def my_referrals(
+    request: Request, user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=1000, description="invitees listed at most (oldest first)")] = 1000,
+) -> dict[str, Any]:
+    return await handlers.my_referrals(_deps(request), user.user_id, limit=limit)
 
 
 @router.get("/v1/referrals/leaderboard", tags=["referral"], response_model=LeaderboardOut,
@@ -210,8 +220,11 @@ async def leaderboard(
 
 @router.get("/v1/referrals/flagged", tags=["operator"], response_model=FlaggedListOut,
             summary="Bindings flagged by a fraud rule and waiting for review", responses=ERROR_RESPONSES)
-async def flagged(request: Request, _: Admin) -> dict[str, Any]:
-    return {"items": await handlers.flagged(_deps(request))}
+async def flagged(
+    request: Request, _: Admin,
+    limit: Annotated[int, Query(ge=1, le=500, description="bindings listed at most (oldest first)")] = 500,
+) -> dict[str, Any]:
+    return {"items": await handlers.flagged(_deps(request), limit=limit)}
 
 
 @router.post(

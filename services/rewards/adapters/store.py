@@ -135,8 +135,9 @@ class CouponStore:
         await self.coupons.update_one({"code": code, "state.version": {"$lt": state.version}},
                                       {"$set": {"state": state_doc(state)}})
 
-    async def for_user(self, user_id: str) -> list[Document]:
-        return [d async for d in self.coupons.find({"user_id": user_id}, {"outbox": 0}).sort("issued_at", 1)]
+    async def for_user(self, user_id: str, limit: int = 1000) -> list[Document]:
+        cursor = self.coupons.find({"user_id": user_id}, {"outbox": 0}).sort("issued_at", 1).limit(limit)
+        return [d async for d in cursor]
 
     async def states_for_user(self, user_id: str) -> dict[str, CouponState]:
         latest: dict[str, Document] = {}

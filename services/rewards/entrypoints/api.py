@@ -173,9 +173,11 @@ CodePath = Annotated[CouponCode, Path(description="the coupon's code")]
 @router.get("/v1/me/coupons", tags=["coupons"], summary="The caller's coupons with their status now")
 async def my_coupons(request: Request, caller: CurrentUser,
                      status: Annotated[CouponStatus | None, Query(description="only this status")] = None,
+                     limit: Annotated[int, Query(ge=1, le=1000, description="coupons read at most (oldest first)")]
+                     = 1000,
                      ) -> CouponList:
     deps = _deps(request)
-    docs = await deps.coupons.for_user(caller.user_id)
+    docs = await deps.coupons.for_user(caller.user_id, limit=limit)
     states = await deps.coupons.states_for_user(caller.user_id)
     now = deps.clock.now()
     views = [coupon_view(d, states.get(d["code"], state_from(None)), deps, now) for d in docs]
