@@ -138,13 +138,17 @@ class ServiceRuntime:
         self.started = False
 
     async def mongo_ready(self) -> bool:
-        return await ping(self.mongo)
+        # Bounded: a probe must answer "not ready" quickly, not hang for server selection.
+        try:
+            return await asyncio.wait_for(ping(self.mongo), timeout=1.5)
+        except TimeoutError:
+            return False
 
     async def kafka_ready(self) -> bool:
         if not self.started:
             return False
         try:
-            return bool(await self.broker.ping(timeout=1.0))
+            return bool(await asyncio.wait_for(self.broker.ping(timeout=1.0), timeout=1.5))
         except Exception:
             return False
 
