@@ -42,6 +42,10 @@ JOINS = Counter("pinwheel_groupbuy_joins_total", "Seat requests by outcome", ["o
 PAYMENTS = Counter("pinwheel_groupbuy_payments_total", "Group payments by verdict", ["verdict"])
 GROUPS_CLOSED = Counter("pinwheel_groupbuy_groups_closed_total", "Groups decided", ["outcome"])
 SEATS_RELEASED = Counter("pinwheel_groupbuy_seats_released_total", "Seats released", ["reason"])
+# The names the Grafana dashboard reads (deploy/grafana/METRICS.md), counted once per decision.
+GROUPS_OPENED = Counter("pinwheel_groupbuy_groups_opened_total", "Groups opened")
+GROUPS_FORMED = Counter("pinwheel_groupbuy_groups_formed_total", "Groups formed")
+GROUPS_FAILED = Counter("pinwheel_groupbuy_groups_failed_total", "Groups failed")
 
 
 def to_millis(when: datetime) -> datetime:
@@ -212,6 +216,7 @@ class Groupbuy:
         await self.store.insert_group(group_doc)
         await self.outbox.flush_quietly(st.GROUPS, group_doc)
         JOINS.labels("opened").inc()
+        GROUPS_OPENED.inc()
         return await self.group_view(group_id, user_id)
 
     def _joined_event(self, seat: Seat, campaign_id: str) -> CloudEvent[Any]:
@@ -403,6 +408,7 @@ class Groupbuy:
                            "decided_at": now, "finalized": False}, [event])
         if await self.store.insert_group_outcome(doc):
             GROUPS_CLOSED.labels(decision.outcome).inc()
+            (GROUPS_FORMED if decision.outcome == "formed" else GROUPS_FAILED).inc()
             await self.outbox.flush_quietly(st.GROUP_OUTCOMES, doc)
         await self.finalize(group_id)
 

@@ -228,6 +228,8 @@ async def bind(deps: Deps, *, invitee_id: str, code: str, channel: s.BindingChan
             raise BindingRefused(Refusal.ALREADY_BOUND)
         return await _binding_settled(deps, winner)
     metrics.BINDINGS.labels(channel, "flagged" if flags else "bound").inc()
+    if flags:
+        metrics.FLAGS.inc()
     await deps.outbox.flush_quietly(BINDINGS, document)
     # An order after the binding time may already be known (it arrived first): qualify with it now.
     await try_qualify(deps, invitee_id)
@@ -332,6 +334,7 @@ async def try_qualify(deps: Deps, invitee_id: str) -> Document | None:
         entry, inserted = await store.append_to_ledger(inviter_id, f"q:{invitee_id}", build)
         if inserted:
             metrics.LEDGER_STEPS.labels("qualified").inc()
+            metrics.QUALIFICATIONS.inc()
             for name in entry["newly_reached"]:
                 metrics.MILESTONES.labels(name).inc()
             await deps.outbox.flush_quietly(LEDGER, entry)
@@ -370,6 +373,7 @@ async def try_disqualify(deps: Deps, invitee_id: str) -> Document | None:
     entry, inserted = await store.append_to_ledger(inviter_id, f"d:{invitee_id}", build)
     if inserted:
         metrics.LEDGER_STEPS.labels("disqualified").inc()
+        metrics.DISQUALIFICATIONS.inc()
         await deps.outbox.flush_quietly(LEDGER, entry)
     return entry
 

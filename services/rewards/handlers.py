@@ -53,6 +53,14 @@ from shared.outbox import with_outbox
 log = structlog.stdlib.get_logger(__name__)
 
 REWARDS_GRANTED = Counter("pinwheel_rewards_granted_total", "Rewards granted", ["rule"])
+# The names the Grafana dashboard reads (deploy/grafana/METRICS.md), counted once per decision.
+COUPONS_ISSUED = Counter("pinwheel_rewards_coupons_issued_total", "Coupons issued", ["rule"])
+COUPONS_REDEEMED = Counter("pinwheel_rewards_coupons_redeemed_total", "Coupon redemptions confirmed")
+COUPONS_REVOKED = Counter("pinwheel_rewards_coupons_revoked_total", "Coupons revoked")
+COMMISSION_AMOUNT = Counter("pinwheel_rewards_commission_amount_total", "Commission amounts in minor units",
+                            ["kind"])
+LEDGER_KIND = {"credit": "credited", "reversal": "reversed", "withdrawal": "withdrawn"}
+BUDGET_REFUSALS = Counter("pinwheel_rewards_budget_refusals_total", "Rewards refused by a spent budget", ["rule"])
 REWARDS_REFUSED = Counter("pinwheel_rewards_refused_total", "Rewards refused (recorded)", ["rule", "reason"])
 COUPON_TRANSITIONS = Counter("pinwheel_coupon_transitions_total", "Coupon state changes", ["action"])
 COUPON_ANOMALIES = Counter("pinwheel_coupon_anomalies_total",
@@ -121,6 +129,7 @@ async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
         for doc in new_docs:
             await deps.publisher.submit(COUPONS, doc)
             REWARDS_GRANTED.labels(doc["rule"]).inc()
+            COUPONS_ISSUED.labels(doc["rule"]).inc()
             granted.append(doc["_id"])
     for reward in admitted:
         if isinstance(reward.grant, CommissionGrant) and await _credit_commission(reward, reward.grant, deps):
@@ -171,6 +180,7 @@ async def _credit_commission(reward: Reward, grant: CommissionGrant, deps: Deps)
         except AlreadyDone:
             return False
         await deps.publisher.submit(LEDGER, doc)
+        COMMISSION_AMOUNT.labels(LEDGER_KIND[entry.kind]).inc(abs(entry.amount))
         return True
 
 
@@ -244,6 +254,8 @@ async def _record_refusal(reward: Reward, reason: str, deps: Deps) -> None:
                 "occurred_at": reward.occurred_at, "at": deps.clock.now()}
     if await deps.refusals.record(document):
         REWARDS_REFUSED.labels(reward.rule, reason.split(":")[0]).inc()
+        if reason.startswith("budget"):
+            BUDGET_REFUSALS.labels(reward.rule).inc()
         log.info("reward refused", reward_id=reward.reward_id, reason=reason)
 
 
@@ -291,6 +303,7 @@ async def _reverse_commission(credit: Document, reason: str, source_event_id: st
         except AlreadyDone:
             return False
         await deps.publisher.submit(LEDGER, doc)
+        COMMISSION_AMOUNT.labels(LEDGER_KIND[entry.kind]).inc(abs(entry.amount))
         return True
 
 
@@ -322,6 +335,10 @@ async def change_coupon(coupon_doc: Document, decide: Decide, deps: Deps,
             await _lost_race("coupon", attempt, started)
             continue
         COUPON_TRANSITIONS.labels(decision.action).inc()
+        if decision.action == "confirm":
+            COUPONS_REDEEMED.inc()
+        elif decision.action == "revoke":
+            COUPONS_REVOKED.inc()
         await deps.coupons.cache_state(coupon.code, decision.state)
         if events:
             await deps.publisher.submit(TRANSITIONS, doc)
@@ -440,6 +457,7 @@ async def withdraw(user_id: str, amount: int, withdrawal_id: str,
         except AlreadyDone:
             return None
         await deps.publisher.submit(LEDGER, doc)
+        COMMISSION_AMOUNT.labels("withdrawn").inc(abs(decision.amount))
         return decision
 
 
