@@ -24,6 +24,8 @@ from shared import idempotency
 from shared.auth import JwtVerifier
 from shared.dryrun import DryRunDatabase
 from shared.errors import ERROR_RESPONSES
+from shared.events.catalog import TOPICS
+from shared.events.docs import document_payloads, published_topics
 from shared.http import RequestContextMiddleware, install_error_handlers, install_health_routes
 from shared.kafka import (
     DeadLetters,
@@ -72,6 +74,10 @@ class ServiceRuntime:
         self._subscribed = False
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
+        for topic in published_topics(self.service):
+            types = ", ".join(spec.type for spec in TOPICS[topic])
+            self.broker.publisher(settings.topic(topic), title=f"{self.service}:{topic}:publish",
+                                  description=f"CloudEvents published by {self.service}: {types}")
 
     def consume(self, topic: str, handlers: Mapping[str, EventHandler]) -> EventConsumer:
         """Handle ``topic``'s event types; every topic of the service shares one subscriber."""
@@ -153,9 +159,12 @@ class ServiceRuntime:
             return False
 
     def asyncapi(self) -> dict[str, Any]:
+        """FastStream's AsyncAPI document of this service, with each channel's CloudEvents
+        payload schema and record key from the event catalog (the subscriber takes raw records so
+        that unparseable ones reach the DLQ, which leaves FastStream without a payload type)."""
         spec = AsyncAPI(self.broker, title=f"pinwheel {self.service}", version="1.0.0",
                         description=f"Kafka topics consumed and published by the {self.service} service")
-        return dict(spec.to_specification().to_jsonable())
+        return document_payloads(dict(spec.to_specification().to_jsonable()), self.settings)
 
 
 def create_app(
