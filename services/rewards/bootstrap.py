@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from functools import partial
 
 import structlog
 from fastapi import FastAPI
 
 from services.rewards import handlers
+from services.rewards.adapters.funnel import FUNNEL_INDEXES, FunnelStore
 from services.rewards.adapters.publishing import OutboxBatcher
 from services.rewards.adapters.store import (
     INDEXES,
@@ -19,9 +21,11 @@ from services.rewards.adapters.store import (
     RefusalStore,
 )
 from services.rewards.clock import Clock, SystemClock
-from services.rewards.entrypoints import api, consumers
+from services.rewards.domain.funnel import FUNNEL_EVENT_TYPES
+from services.rewards.entrypoints import api, consumers, live
 from services.rewards.settings import RewardsSettings
 from shared.events import catalog
+from shared.kafka import EventHandler
 from shared.runtime import ServiceRuntime, create_app
 from shared.settings import ServiceSettings
 
@@ -30,8 +34,9 @@ log = structlog.stdlib.get_logger(__name__)
 
 def build_app(settings: ServiceSettings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings if isinstance(settings, RewardsSettings) else RewardsSettings()
-    runtime = ServiceRuntime(settings, indexes=INDEXES, outbox_collections=OUTBOX_COLLECTIONS)
+    runtime = ServiceRuntime(settings, indexes=[*INDEXES, *FUNNEL_INDEXES], outbox_collections=OUTBOX_COLLECTIONS)
     db = runtime.db
+    funnel = FunnelStore(db)
     publisher = OutboxBatcher(runtime.broker, runtime.outbox, settings, enabled=settings.outbox_batching)
     deps = handlers.Deps(
         coupons=CouponStore(db), ledger=LedgerStore(db), budgets=BudgetStore(db), refusals=RefusalStore(db),
@@ -39,12 +44,14 @@ def build_app(settings: ServiceSettings | None = None, *, clock: Clock | None = 
         budget_config=list(settings.budgets), reservation_ttl=settings.reservation_ttl,
         min_withdrawal=settings.min_withdrawal, source=runtime.source,
     )
-    runtime.consume(catalog.REFERRAL, {
+    referral_handlers = {
         "referral.bound": partial(consumers.on_referral_bound, deps=deps),
         "referral.qualified": partial(consumers.on_referral_qualified, deps=deps),
         "referral.disqualified": partial(consumers.on_referral_disqualified, deps=deps),
-    })
-    runtime.consume(catalog.GROUPBUY, {"groupbuy.group_formed": partial(consumers.on_group_formed, deps=deps)})
+    }
+    groupbuy_handlers = {"groupbuy.group_formed": partial(consumers.on_group_formed, deps=deps)}
+    runtime.consume(catalog.REFERRAL, _with_funnel(referral_handlers, funnel, catalog.REFERRAL))
+    runtime.consume(catalog.GROUPBUY, _with_funnel(groupbuy_handlers, funnel, catalog.GROUPBUY))
     runtime.consume(catalog.ORDERS, {
         "order.completed": partial(consumers.on_order_completed, deps=deps, db=db),
         "order.refunded": partial(consumers.on_order_refunded, deps=deps),
@@ -60,7 +67,7 @@ def build_app(settings: ServiceSettings | None = None, *, clock: Clock | None = 
     runtime.add_loop("reservation-sweeper", reservation_sweeper)
     runtime.add_loop("outbox-batcher", publisher.run)
     app = create_app(
-        runtime, [api.router],
+        runtime, [api.router, live.router],
         title="pinwheel rewards",
         description=(
             "Coupons and commissions issued exactly once in effect, redemption, commission ledger and "
@@ -74,4 +81,17 @@ def build_app(settings: ServiceSettings | None = None, *, clock: Clock | None = 
         ],
     )
     app.state.rewards_deps = deps
+    app.state.funnel = funnel
     return app
+
+
+def _with_funnel(handlers_by_type: Mapping[str, EventHandler], funnel: FunnelStore,
+                 topic: str) -> dict[str, EventHandler]:
+    """The topic's rewarding handlers, each also counting its event for the live funnel, plus a
+    count-only handler for the funnel's other event types on the topic."""
+    wired: dict[str, EventHandler] = {
+        event_type: consumers.counted(handler, funnel) for event_type, handler in handlers_by_type.items()}
+    for event_type in FUNNEL_EVENT_TYPES:
+        if catalog.EVENTS[event_type].topic == topic and event_type not in wired:
+            wired[event_type] = partial(consumers.on_funnel_event, funnel=funnel)
+    return wired

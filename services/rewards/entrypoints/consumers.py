@@ -6,11 +6,14 @@ replays change nothing twice.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.rewards import handlers
+from services.rewards.adapters.funnel import FunnelStore
 from services.rewards.handlers import Deps
 from shared.events import CloudEvent
 from shared.events import schemas as s
@@ -43,3 +46,24 @@ async def on_order_completed(event: CloudEvent[Any], deps: Deps, db: AsyncDataba
 
 async def on_order_refunded(event: CloudEvent[s.OrderRefunded], deps: Deps) -> None:
     await handlers.on_order_refunded(event, deps)
+
+
+# ------------------------------------------------------------------ the funnel projection (/live)
+
+
+async def on_funnel_event(event: CloudEvent[Any], funnel: FunnelStore) -> None:
+    """A referral or group-buy event that grants nothing here: only counted for the live funnel
+    (once per event id)."""
+    await funnel.record(event)
+
+
+def counted(handler: Callable[[CloudEvent[Any]], Awaitable[None]],
+            funnel: FunnelStore) -> Callable[[CloudEvent[Any]], Awaitable[None]]:
+    """``handler`` unchanged, and the event counted for the funnel beside it (concurrently: the
+    count is a fact about the referral/group-buy event, not about what rewards made of it, and
+    running both at once keeps the handler's latency as it was)."""
+
+    async def handle_and_count(event: CloudEvent[Any]) -> None:
+        await asyncio.gather(handler(event), funnel.record(event))
+
+    return handle_and_count
