@@ -213,6 +213,27 @@ def dlq_redrive(
     typer.echo(f"redrove {sent} of {len(letters)} dead letters to {chosen[0].original_topic}")
 
 
+@ops.command("revoke-coupons")
+def ops_revoke_coupons(
+    rule: Annotated[str, typer.Option(help="the rule that issued them, e.g. inviter_coupon")],
+    from_: Annotated[str, typer.Option("--from", help="issued at or after (RFC 3339)")],
+    to: Annotated[str, typer.Option("--to", help="issued before (RFC 3339)")],
+    reason: Annotated[str, typer.Option(help="recorded on every revocation, e.g. bad-deploy-1121")],
+    edition: Annotated[int, typer.Option(help="the rule edition that issued them")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count, change nothing")] = False,
+) -> None:
+    """Revoke the unused coupons one rule issued in a time window (after a faulty rule was fixed)."""
+    from services.ops.coupons import revoke_coupons
+
+    start, end = _parse_time(from_), _parse_time(to)
+    assert start is not None and end is not None
+    summary = asyncio.run(revoke_coupons(rule, start, end, reason=reason, edition=edition, dry_run=dry_run))
+    verb = "would revoke" if dry_run else "revoked"
+    typer.echo(f"{rule} edition {edition}: {summary.matched} coupons issued in the window; {verb} "
+               f"{summary.revoked}; {summary.already_revoked} already revoked; "
+               f"{len(summary.kept_redeemed)} already redeemed (kept): {' '.join(summary.kept_redeemed[:20])}")
+
+
 @ops.command("lag")
 def ops_lag() -> None:
     """Consumer lag per service, topic and partition."""

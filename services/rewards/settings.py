@@ -39,6 +39,8 @@ class RewardsSettings(ServiceSettings):
     initiator_coupon_threshold: Amount = Field(0, ge=0)
     initiator_coupon_valid_days: float = Field(30, gt=0)
     disabled_rules: list[str] = Field(default_factory=list, description="rule names switched off")
+    rule_editions: dict[str, int] = Field(
+        default_factory=dict, description='JSON, e.g. {"inviter_coupon": 2}: a fixed rule\'s rewards get new ids')
 
     budgets: list[Budget] = Field(default_factory=list,
                                   description='JSON list, e.g. [{"scope": "day", "max_amount": 1000000}]')
@@ -63,6 +65,7 @@ class RewardsSettings(ServiceSettings):
                                          self.initiator_coupon_threshold,
                                          timedelta(days=self.initiator_coupon_valid_days)),
             disabled_rules=frozenset(self.disabled_rules),
+            editions=dict(self.rule_editions),
         )
 
     @property

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from base64 import b32encode
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -48,10 +48,12 @@ class Reward:
     campaign: str
     device_id: str | None = None
     referral: str | None = None  # "inviter:invitee" when a referral caused it (to revoke it later)
+    edition: int = 1  # bumped when a rule is fixed, so that a replay grants the fixed reward anew
 
     @property
     def reward_id(self) -> str:
-        return reward_id(self.rule, self.source_event_id, self.beneficiary)
+        rule = self.rule if self.edition == 1 else f"{self.rule}.v{self.edition}"
+        return reward_id(rule, self.source_event_id, self.beneficiary)
 
     @property
     def value(self) -> int:
@@ -87,6 +89,9 @@ class RuleConfig:
     expert_commission: CommissionGrant = CommissionGrant(500, timedelta(days=7))
     initiator_coupon: CouponGrant = CouponGrant("amount_off", 500, 0, timedelta(days=30))
     disabled_rules: frozenset[str] = field(default_factory=frozenset)
+    # rule -> edition: a fixed rule gets a new edition, so its rewards get new ids (see the
+    # "wrong coupons" runbook: revoke what the bad edition issued, replay the window)
+    editions: Mapping[str, int] = field(default_factory=dict)
 
 
 RuleFn = Callable[[Any, str, RuleConfig], list[Reward]]
@@ -140,5 +145,6 @@ def rewards_for(event_type: str, data: Any, event_id: str, cfg: RuleConfig) -> l
     for name, rule in RULES.get(event_type, ()):
         if name in cfg.disabled_rules:
             continue
-        rewards.extend(r for r in rule(data, event_id, cfg) if r.rule not in cfg.disabled_rules)
+        rewards.extend(replace(r, edition=cfg.editions.get(r.rule, 1))
+                       for r in rule(data, event_id, cfg) if r.rule not in cfg.disabled_rules)
     return rewards
