@@ -136,7 +136,8 @@ async def test_the_whole_story(infra, namespace, tmp_path):
         # -- a full refund of the 7th friend's order disqualifies it and reverses its commission
         await users.send("orders.events", order_refunded("friend-7", "o-friend-7", 5000))
         ledger = await eventually(lambda: commissions(3), timeout=60, message="the reversal")
-        assert [(e["kind"], e["amount"]) for e in ledger["entries"]][0] == ("reversal", -500), "newest first"
+        newest = ledger["entries"][0]
+        assert (newest["kind"], newest["amount"]) == ("reversal", -500), "newest first"
         assert ledger["balances"]["balance"] == 500
         mine = await eventually(lambda: alice_referrals(6), timeout=60, message="6 qualified after the refund")
         assert sorted(i["status"] for i in mine["invitees"]).count("disqualified") == 1
