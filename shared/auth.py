@@ -61,7 +61,7 @@ class JwtVerifier:
         except jwt.InvalidTokenError as exc:
             raise unauthorized(f"invalid token: {exc}") from None
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject or len(subject) > 128:
+        if not isinstance(subject, str) or not subject or len(subject) > 128 or not subject.isprintable():
             raise unauthorized("invalid token: sub must be a user id")
         scope = claims.get("scope", "")
         if not isinstance(scope, str):

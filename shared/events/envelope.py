@@ -32,7 +32,11 @@ def _rfc3339(value: datetime) -> str:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc), PlainSerializer(_rfc3339, return_type=str)]
 """An aware datetime, normalised to UTC, written as RFC 3339 with ``Z``; naive input is refused."""
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=False)]
+# NUL is the one character no store keeps in a string (PostgreSQL under FerretDB refuses it): refused at
+# the boundary (422 / DLQ `invalid_event`) instead of failing in the store.
+NO_NUL = r"^[^\x00]*$"
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=False, pattern=NO_NUL)]
 """An opaque identifier chosen by its owner system."""
 
 # Strict: money is never a float or a numeric string.

@@ -10,11 +10,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, IPvAnyAddress, StringConstraints
 
-from shared.events.envelope import Currency, EventData, Id, Money, SignedMoney, UtcDatetime
+from shared.events.envelope import NO_NUL, Currency, EventData, Id, Money, SignedMoney, UtcDatetime
 
-ShortText = Annotated[str, StringConstraints(max_length=256)]
-ReferralCode = Annotated[str, StringConstraints(min_length=1, max_length=32)]
-CouponCode = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ShortText = Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)]
+ReferralCode = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=NO_NUL)]
+CouponCode = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)]
 
 # ---------------------------------------------------------------- inbound: users.events, orders.events
 

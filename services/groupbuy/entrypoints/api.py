@@ -12,7 +12,7 @@ from services.groupbuy.domain.campaign import TierRule
 from services.groupbuy.handlers import CampaignDraft, Groupbuy
 from shared.auth import Admin, CurrentUser, Principal
 from shared.errors import ERROR_RESPONSES, ErrorBody
-from shared.events.envelope import Money, UtcDatetime
+from shared.events.envelope import NO_NUL, Money, UtcDatetime
 from shared.ratelimit import rate_limited_by_setting
 
 # Opening a group takes a seat too: one window for both, per user.
@@ -44,8 +44,8 @@ class CampaignIn(BaseModel):
         "group_window_minutes": 1440, "seat_payment_minutes": 15, "per_user_limit": 2,
         "new_users_only": False, "auto_complete_min": None, "reward_budget": 50000}]})
     campaign_id: PathId | None = Field(None, description="chosen by the operator; generated when absent")
-    sku: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    product_name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    sku: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=NO_NUL)]
+    product_name: Annotated[str, StringConstraints(max_length=256, pattern=NO_NUL)] | None = None
     list_price: Money
     currency: Literal["CNY"] = "CNY"
     tiers: Annotated[list[TierIn], Field(min_length=1, max_length=10)]

@@ -14,7 +14,7 @@ from services.referral.domain.status import mask_id
 from services.referral.handlers import BindingRefused, Deps, ReviewConflict
 from shared.auth import Admin, CurrentUser, Principal
 from shared.errors import ERROR_RESPONSES, ApiError
-from shared.events.envelope import UtcDatetime
+from shared.events.envelope import NO_NUL, UtcDatetime
 from shared.ratelimit import rate_limited_by_setting
 
 router = APIRouter()
@@ -48,7 +48,7 @@ class ReferralCodeOut(BaseModel):
 
 class BindIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"code": "K7QM2ZPA"}]})
-    code: Annotated[str, StringConstraints(min_length=1, max_length=32, strip_whitespace=True)] = Field(
+    code: Annotated[str, StringConstraints(min_length=1, max_length=32, strip_whitespace=True, pattern=NO_NUL)] = Field(
         description="case and dashes/spaces are ignored")
 
 
@@ -239,7 +239,7 @@ async def flagged(
 )
 async def review(
     request: Request, admin: Admin,
-    invitee_id: Annotated[str, Path(min_length=1, max_length=128)],
+    invitee_id: Annotated[str, Path(min_length=1, max_length=128, pattern=NO_NUL)],
     body: Annotated[ReviewIn, Body(openapi_examples={"approve": {"value": {"decision": "approve"}},
                                                       "reject": {"value": {"decision": "reject"}}})],
 ) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from services.rewards.domain import ledger as ledger_rules
 from services.rewards.handlers import Deps
 from shared.auth import Admin, CurrentUser, ServiceCaller
 from shared.errors import ERROR_RESPONSES, ApiError
-from shared.events.envelope import Id, Money, SignedMoney, UtcDatetime, new_event_id
+from shared.events.envelope import NO_NUL, Id, Money, SignedMoney, UtcDatetime, new_event_id
 from shared.events.schemas import CouponCode
 from shared.idempotency import HEADER
 from shared.mongo import Document
@@ -263,7 +263,7 @@ async def create_withdrawal(request: Request, body: WithdrawalRequest, caller: C
 @router.get("/v1/rewards/refusals", tags=["operators"],
             summary="Rewards refused (over budget), newest first (admin scope)")
 async def refusals(request: Request, _: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                   rule: Annotated[str | None, Query(max_length=128)] = None) -> RefusalList:
+                   rule: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None) -> RefusalList:
     deps = _deps(request)
     docs = await deps.refusals.recent(limit, rule)
     return RefusalList(refusals=[Refusal(reward_id=d["_id"], **{k: d[k] for k in (
