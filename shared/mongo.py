@@ -7,7 +7,9 @@ document with a deterministic unique key, and the loser sees a duplicate-key err
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, WriteError
 
 from shared.settings import ServiceSettings
 
@@ -90,35 +92,115 @@ def _count(inserted: int = 0, duplicates: int = 0) -> None:
         tally.duplicates += duplicates
 
 
+class _InsertCoalescer:
+    """Inserts into one collection made by concurrent tasks in the same event-loop turn go to the
+    server as one unordered ``insert_many``: one round trip instead of one per document (a poll's
+    records are handled concurrently, so their inserts arrive together). Each caller still gets
+    its own answer: which of its documents were new, which were duplicates; any other per-document
+    error is raised to the caller whose document it was. Two callers racing for one unique key
+    in the same round trip behave as two racing inserts: the first wins, the second is told
+    "duplicate"."""
+
+    MAX_DOCUMENTS = 1000
+
+    def __init__(self, collection: AsyncCollection[Document]) -> None:
+        self.collection = collection
+        self.waiting: list[tuple[list[Document], asyncio.Future[list[BaseException | None]]]] = []
+        self.scheduled = False
+
+    async def insert(self, documents: list[Document]) -> list[BaseException | None]:
+        """Per document: None (inserted), DuplicateKeyError, or another write error."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[BaseException | None]] = loop.create_future()
+        self.waiting.append((documents, future))
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(lambda: loop.create_task(self._flush()))  # after this turn's callers
+        return await future
+
+    async def _flush(self) -> None:
+        self.scheduled = False
+        waiting, self.waiting = self.waiting, []
+        while waiting:
+            chunk: list[tuple[list[Document], asyncio.Future[list[BaseException | None]]]] = []
+            size = 0
+            while waiting and (not chunk or size + len(waiting[0][0]) <= self.MAX_DOCUMENTS):
+                chunk.append(waiting.pop(0))
+                size += len(chunk[-1][0])
+            await self._send(chunk)
+
+    async def _send(self, chunk: list[tuple[list[Document], asyncio.Future[list[BaseException | None]]]]) -> None:
+        documents = [d for docs, _ in chunk for d in docs]
+        errors: dict[int, BaseException] = {}
+        try:
+            await self.collection.insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                cls = DuplicateKeyError if error.get("code") == DUPLICATE_KEY else WriteError
+                errors[error["index"]] = cls(error.get("errmsg", ""), error.get("code"), error)
+        except BaseException as exc:  # the whole round trip failed: every caller sees it
+            for _, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for docs, future in chunk:
+            if not future.done():
+                future.set_result([errors.get(i) for i in range(start, start + len(docs))])
+            start += len(docs)
+
+
+_COALESCERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[int, str, str], _InsertCoalescer]] = (
+    weakref.WeakKeyDictionary())
+
+
+async def _insert_coalesced(collection: Any, documents: list[Document]) -> list[BaseException | None]:
+    if not isinstance(collection, AsyncCollection):  # e.g. the dry-run view: no batching
+        results: list[BaseException | None] = []
+        for document in documents:
+            try:
+                await collection.insert_one(document)
+                results.append(None)
+            except (DuplicateKeyError, WriteError) as exc:
+                results.append(exc)
+        return results
+    per_loop = _COALESCERS.setdefault(asyncio.get_running_loop(), {})
+    key = (id(collection.database.client), collection.database.name, collection.name)
+    coalescer = per_loop.get(key)
+    if coalescer is None or coalescer.collection.database.client is not collection.database.client:
+        coalescer = per_loop[key] = _InsertCoalescer(collection)
+    return await coalescer.insert(documents)
+
+
 async def insert_once(collection: AsyncCollection[Document], document: Mapping[str, Any]) -> bool:
     """Insert; False if a document with the same unique key exists (the race was lost, or the
-    effect happened already). This is how every decision is made exactly once."""
-    try:
-        await collection.insert_one(dict(document))
-    except DuplicateKeyError:
+    effect happened already). This is how every decision is made exactly once. Concurrent
+    inserts into one collection share a round trip (see ``_InsertCoalescer``)."""
+    (error,) = await _insert_coalesced(collection, [dict(document)])
+    if error is None:
+        _count(inserted=1)
+        return True
+    if isinstance(error, DuplicateKeyError):
         _count(duplicates=1)
         return False
-    _count(inserted=1)
-    return True
+    raise error
 
 
 async def insert_many_once(collection: AsyncCollection[Document], documents: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert a batch in one round trip; returns the indexes of the documents that were new.
-    Duplicates are skipped, any other write error is raised."""
+    """Insert a batch (sharing the round trip with concurrent inserts into the collection);
+    returns the indexes of the documents that were new. Duplicates are skipped, any other write
+    error is raised."""
     if not documents:
         return []
-    try:
-        await collection.insert_many([dict(d) for d in documents], ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
-        if other:
-            raise
-        duplicate = {e["index"] for e in errors}
-        _count(inserted=len(documents) - len(duplicate), duplicates=len(duplicate))
-        return [i for i in range(len(documents)) if i not in duplicate]
-    _count(inserted=len(documents))
-    return list(range(len(documents)))
+    errors = await _insert_coalesced(collection, [dict(d) for d in documents])
+    other = [e for e in errors if e is not None and not isinstance(e, DuplicateKeyError)]
+    if other:
+        raise other[0]
+    new = [i for i, error in enumerate(errors) if error is None]
+    _count(inserted=len(new), duplicates=len(documents) - len(new))
+    return new
 
 
 async def ping(client: AsyncMongoClient[Document], timeout: float = 1.0) -> bool:
