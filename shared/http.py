@@ -100,18 +100,30 @@ class RequestContextMiddleware:
             return
         status_holder = {"status": 500}
         received = 0
+        overflowed = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, overflowed
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    overflowed = True
                     raise ApiError(413, "payload_too_large",
                                    f"the body must be at most {self.max_body_bytes} bytes")
             return message
 
         async def send_wrapper(message: Message) -> None:
+            if overflowed:
+                # A streamed body (no Content-Length) went over the limit while the app read it: the
+                # framework reports that as a body parse error (400); the client gets the 413 instead.
+                if message["type"] == "http.response.start":
+                    status_holder["status"] = 413
+                    too_large = JSONResponse(
+                        error_body("payload_too_large", f"the body must be at most {self.max_body_bytes} bytes"),
+                        status_code=413, headers={"traceparent": child})
+                    await too_large(scope, receive, send)
+                return
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 message.setdefault("headers", [])
