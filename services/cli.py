@@ -105,6 +105,26 @@ def token(
     typer.echo(issue_token(secret, subject, scope, ttl))
 
 
+@app.command()
+def demo(
+    run_id: Annotated[str | None, typer.Option(help="suffix of every id in this run (default: random)")] = None,
+    failing_group: Annotated[bool, typer.Option(help="also leave a one-minute group to fail")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each step")] = 60.0,
+) -> None:
+    """Run the whole story against a RUNNING system (`pinwheel up`) and say what happened, step by step."""
+    from services.demo import DemoConfig, DemoError, live_url, run_demo
+
+    config = DemoConfig.from_env(run_id=run_id, step_timeout=timeout)
+    typer.echo(f"pinwheel demo against referral {config.urls['referral']}, groupbuy {config.urls['groupbuy']}, "
+               f"rewards {config.urls['rewards']}, Kafka {config.bootstrap_servers}")
+    try:
+        result = run_demo(config, say=typer.echo, failing_group=failing_group)
+    except DemoError as exc:
+        typer.echo(f"\ndemo stopped: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"\nDone in {result.seconds:.1f}s. Watch it live: {live_url(config)}")
+
+
 ops = typer.Typer(help="Operator tools: replay, dead letters, consumer lag", no_args_is_help=True)
 app.add_typer(ops, name="ops")
 dlq = typer.Typer(help="Dead letters: list, show, redrive", no_args_is_help=True)
