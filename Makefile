@@ -9,6 +9,7 @@ UV := $(PYTHON) -m uv
 install:
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
 	@$(UV) sync --frozen --quiet
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium is missing (the live page e2e test needs it): run 'sudo apt-get install -y chromium'" >&2; }
 
 run: install
 	$(UV) run pinwheel run
