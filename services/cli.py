@@ -196,8 +196,8 @@ def dlq_list(topic: Annotated[str, typer.Argument(help="e.g. orders.events (its 
     letters = asyncio.run(read_all(_bootstrap(), _topic(topic)))
     for letter in letters:
         row = letter.as_dict()
-        typer.echo(f"{row['ref']:>10}  {row['reason']:<16} {row.get('type') or '-':<24} {row.get('id') or '-'}  "
-                   f"{(row['error'] or '')[:80]}")
+        typer.echo(f"{row['ref']:>10}  {row['consumer_group'] or '-':<20} {row['reason']:<16} "
+                   f"{row.get('type') or '-':<24} {row.get('id') or '-'}  {(row['error'] or '')[:80]}")
     typer.echo(f"{len(letters)} dead letters in {_topic(topic)}.dlq")
 
 

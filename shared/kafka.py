@@ -24,7 +24,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, Topic
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, ValidationError
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -305,8 +305,11 @@ def register_consumers(broker: KafkaBroker, settings: ServiceSettings, consumers
     by_topic = {settings.topic(consumer.topic): consumer for consumer in consumers}
     names = [consumer.topic for consumer in consumers]
     types = ", ".join(sorted(t for consumer in consumers for t in consumer.handlers))
+    # FastStream creates missing subscribed topics with 1 partition unless told otherwise: one
+    # partition would cap every consumer group at one useful replica.
+    topics = [Topic(name, num_partitions=settings.topic_partitions) for name in by_topic]
     subscriber = broker.subscriber(
-        *by_topic,
+        *topics,
         group_id=settings.consumer_group,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,

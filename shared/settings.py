@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
         description="production refuses the local JWT secret and pretty console logs")
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=_env("KAFKA_BOOTSTRAP_SERVERS"))
     mongodb_uri: SecretStr = Field(SecretStr("mongodb://127.0.0.1:27017"), validation_alias=_env("MONGODB_URI"))
+    topic_partitions: int = Field(
+        4, ge=1, le=1024, validation_alias=_env("PINWHEEL_TOPIC_PARTITIONS"),
+        description="partitions of a topic the service creates when it is missing (production pre-creates them)")
     topic_prefix: str = Field(
         "", validation_alias=_env("PINWHEEL_TOPIC_PREFIX"),
         description="prepended to every topic name; lets several isolated systems share one cluster (tests)")

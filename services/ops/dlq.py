@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared.events.catalog import DLQ_SUFFIX
-from shared.kafka import H_ERROR, H_FAILED_AT, H_REASON, H_TOPIC, topic_partitions
+from shared.kafka import H_CONSUMER, H_ERROR, H_FAILED_AT, H_REASON, H_TOPIC, topic_partitions
 
 DLQ_HEADER_PREFIX = "dlq-"
 REDRIVEN_FROM = "dlq-redriven-from"
@@ -59,6 +59,7 @@ class DeadLetter:
         out: dict[str, Any] = {
             "ref": self.ref, "reason": self.reason, "error": self.header(H_ERROR),
             "failed_at": self.header(H_FAILED_AT), "original_topic": self.original_topic,
+            "consumer_group": self.header(H_CONSUMER),
             "key": self.key.decode(errors="replace") if self.key else None, **self.event_summary(),
         }
         if with_value:
