@@ -62,7 +62,7 @@ def test_a_valid_token_gives_the_user_and_scopes():
 
 def _claims(**changes):
     now = int(time.time())
-    claims = {"sub": "alice", "aud": "pinwheel", "exp": now + 60, "scope": ""}
+    claims = {"sub": "alice", "aud": "pinwheel", "exp": now + 3600, "scope": ""}  # built at collection time
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not None}
 

@@ -108,7 +108,9 @@ def of_type(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any
 @pytest.fixture
 async def gb(infra: Any, namespace: str) -> AsyncIterator[GroupbuyHarness]:
     clock = SettableClock(to_millis(utcnow()))
-    settings = settings_for(GroupbuySettings, infra, namespace, scheduler_enabled=False, settle_grace_seconds=0)
+    # join_rate_limit: the race tests have one user join 40 times at once (the limit has its own tests)
+    settings = settings_for(GroupbuySettings, infra, namespace, scheduler_enabled=False, settle_grace_seconds=0,
+                            join_rate_limit_per_minute=10_000)
     async with running(partial(build_app, clock=clock), settings) as svc, \
             Producer(infra.bootstrap_servers, settings.topic_prefix) as producer:
         yield GroupbuyHarness(svc, clock, settings, producer, infra.bootstrap_servers)
