@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import uuid
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ def chromium_binary() -> str:
 
 
 async def chromium(tmp: Path, url: str, *args: str) -> bytes:
-    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
+    profile = tmp / f"profile-{uuid.uuid4().hex[:8]}"  # a fresh profile per run
     process = await asyncio.create_subprocess_exec(
         chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
