@@ -49,8 +49,12 @@ async def test_referral_counts_bindings_and_consumed_events(infra, namespace):
             return await metric(svc, "pinwheel_referral_bindings_total", outcome="bound") == bound_before + 1
 
         await eventually(moved, message="bindings counter moved")
-        assert await metric(svc, "pinwheel_events_consumed_total", type="user.registered",
-                            outcome="handled") >= handled_before + 1
+
+        async def handled():  # counted when the handler has returned, a moment after the binding
+            return await metric(svc, "pinwheel_events_consumed_total", type="user.registered",
+                                outcome="handled") == handled_before + 1
+
+        await eventually(handled, message="consumed counter moved")
         assert await metric(svc, "pinwheel_http_requests_total", route="/v1/referral-codes", method="POST") >= 1
 
 
