@@ -19,6 +19,7 @@ import json
 import shlex
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="scenario 1: run the rewards process under pyinstrument, reports into this directory")
     p.add_argument("--save-as", default=None, help="also save the figures as bench/runs/<name>.json")
     p.add_argument("--compare", type=Path, default=None, help="a saved run to compare with (before/after)")
+    p.add_argument("--merge", type=Path, default=None,
+                   help="a saved run whose scenarios not run now are kept in the report (re-run one scenario)")
     p.add_argument("--label", default="", help="a note for this run (e.g. the commit or the change)")
     return p.parse_args(argv)
 
@@ -73,6 +76,7 @@ async def run(args: argparse.Namespace, found: Any) -> list[ScenarioResult]:
         try:
             result = await step()
         except Exception as exc:  # one broken scenario must not hide the others' figures
+            traceback.print_exc()
             result = ScenarioResult(f"{number}_failed", f"Scenario {number} failed", met=False,
                                     notes=[f"{type(exc).__name__}: {exc}"[:2000]])
         print(f"bench: scenario {number}: {result.title}: met={result.met} ({result.seconds:.0f} s)", flush=True)
@@ -102,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
         "scenarios": [r.__dict__ for r in results],
     }
+    if args.merge:
+        kept = json.loads(args.merge.read_text())
+        ran = {s["key"].split("_")[0] for s in run_record["scenarios"]}
+        run_record["scenarios"] = sorted(
+            [s for s in kept["scenarios"] if s["key"].split("_")[0] not in ran] + run_record["scenarios"],
+            key=lambda s: s["key"])
+        run_record["command"] += f" (scenarios {', '.join(sorted(ran))}; the others from {kept['date']})"
     (BENCH_DIR / "results.json").write_text(json.dumps(run_record, indent=2, default=str))
     if args.save_as:
         (BENCH_DIR / "runs").mkdir(exist_ok=True)

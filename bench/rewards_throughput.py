@@ -211,7 +211,7 @@ async def scenario_scaling(infra: Infra, n: int, duplicates: float, counts: list
     result.rows = [{"processes": r["processes"], "records": r["records"], "seconds": r["seconds"],
                     "events/s": r["events_per_s"], "speed-up": r["events_per_s"] / one,
                     "join s": r["join_s"], "effects exact": r["exact"]} for r in runs]
-    result.met = all(r["exact"] for r in runs)
+    result.met = None  # no figure to meet; exactness is in the table
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = [r["processes"] for r in runs]
