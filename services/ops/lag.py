@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
@@ -24,10 +25,12 @@ class PartitionLag:
         return self.end - (self.committed or 0)
 
 
-async def consumer_lag(services: tuple[str, ...] = SERVICE_NAMES) -> list[PartitionLag]:
+async def consumer_lag(services: tuple[str, ...] = SERVICE_NAMES,
+                       overrides: dict[str, dict[str, Any]] | None = None) -> list[PartitionLag]:
+    """``overrides``: per service, settings that differ from the environment (tests)."""
     rows: list[PartitionLag] = []
     for service in services:
-        runtime = runtime_for(service)
+        runtime = runtime_for(service, **(overrides or {}).get(service, {}))
         settings = runtime.settings
         topics = [settings.topic(c.topic) for c in runtime.consumers]
         await runtime.mongo.close()

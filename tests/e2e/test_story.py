@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from services.ops.lag import consumer_lag
 from services.ops.replay import replay
 from shared.settings import LOCAL_DEV_JWT_SECRET
 from tests.support.events import Producer, order_completed, order_refunded, user_registered
@@ -185,7 +186,13 @@ async def test_the_whole_story(infra, namespace, tmp_path):
         assert len(alice["coupons"]) == 7
         assert sorted(c["status"] for c in alice["coupons"]).count("revoked") == 1
 
-        # -- a replay of the whole history changes nothing
+        # -- a replay of the whole history changes nothing (once every consumer has caught up)
+        async def caught_up() -> bool:
+            overrides = {s: _replay_settings(system, s) for s in ("referral", "groupbuy", "rewards")}
+            rows = await consumer_lag(("referral", "groupbuy", "rewards"), overrides)
+            return bool(rows) and sum(row.lag for row in rows) == 0
+
+        await eventually(caught_up, timeout=60, message="every consumer caught up")
         for service in ("referral", "groupbuy", "rewards"):
             summary = await replay(service, story_started, **_replay_settings(system, service))
             assert summary.events_read > 0, service
