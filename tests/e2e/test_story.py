@@ -8,17 +8,15 @@ would; every outcome is checked through the REST APIs. Then a replay of the whol
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from services.ops.lag import consumer_lag
 from services.ops.replay import replay
 from shared.settings import LOCAL_DEV_JWT_SECRET
-from tests.support.events import Producer, order_completed, order_refunded, user_registered
+from tests.support.events import Producer, order_completed, order_refunded, read_all, user_registered
 from tests.support.services import eventually
 from tests.support.system import System, running_system
 
@@ -38,20 +36,9 @@ def coupons_of(coupons: dict[str, Any], rule_fragment: str = "", status: str | N
             if rule_fragment in c["rule"] and (status is None or c["status"] == status)]
 
 
-async def published(bootstrap: str, topic: str, event_type: str, count: int) -> list[dict[str, Any]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        found: list[dict[str, Any]] = []
-        for records in (await consumer.getmany(timeout_ms=2000)).values():
-            for record in records:
-                event = json.loads(record.value)
-                if event["type"] == event_type:
-                    found.append(event)
-        return found
-    finally:
-        await consumer.stop()
+async def published(bootstrap: str, topic: str, event_type: str, count: int) -> list[dict[str, Any]] | None:
+    found = [event for event in await read_all(bootstrap, topic) if event["type"] == event_type]
+    return found if len(found) >= count else None
 
 
 async def test_the_whole_story(infra, namespace, tmp_path):

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from services.referral.bootstrap import build_app as build_referral
 from services.referral.settings import ReferralSettings
 from services.rewards.bootstrap import build_app as build_rewards
 from services.rewards.settings import RewardsSettings
-from tests.support.events import Producer, order_completed, user_registered
+from tests.support.events import Producer, order_completed, read_all, user_registered
 from tests.support.services import eventually, running, settings_for, token
 
 pytestmark = pytest.mark.integration
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-async def events_on(bootstrap: str, topic: str) -> list[dict]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    try:
-        batch = await consumer.getmany(timeout_ms=1500)
-        return [json.loads(r.value) for records in batch.values() for r in records]
-    finally:
-        await consumer.stop()
 
 
 async def test_the_trace_of_an_order_reaches_the_inviters_coupon(infra, namespace):
@@ -51,10 +38,15 @@ async def test_the_trace_of_an_order_reaches_the_inviters_coupon(infra, namespac
 
         await eventually(alice_coupon, timeout=60, message="Alice's coupon")
         prefix = referral_settings.topic_prefix
-        qualified = [e for e in await events_on(infra.bootstrap_servers, prefix + "referral.events")
-                     if e["type"] == "referral.qualified"]
-        issued = [e for e in await events_on(infra.bootstrap_servers, prefix + "rewards.events")
-                  if e["type"] == "rewards.coupon_issued" and e["data"]["user_id"] == alice]
+
+        async def published():  # the coupon is visible when stored; its event leaves a moment later
+            qualified = [e for e in await read_all(infra.bootstrap_servers, prefix + "referral.events")
+                         if e["type"] == "referral.qualified"]
+            issued = [e for e in await read_all(infra.bootstrap_servers, prefix + "rewards.events")
+                      if e["type"] == "rewards.coupon_issued" and e["data"]["user_id"] == alice]
+            return (qualified, issued) if qualified and issued else None
+
+        qualified, issued = await eventually(published, message="both events published")
         assert len(qualified) == 1 and len(issued) == 1
         assert qualified[0]["traceparent"].split("-")[1] == TRACE_ID
         assert issued[0]["traceparent"].split("-")[1] == TRACE_ID
