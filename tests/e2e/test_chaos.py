@@ -162,7 +162,7 @@ async def chaos(system: System, rng: random.Random, duration: float, log: list[s
 
 async def _ready(system: System, name: str) -> bool | None:
     try:
-        response = await system.clients[name].get("/readyz", timeout=3)
+        response = await system.clients[name].get("/readyz", timeout=5)
     except Exception:
         return None  # restarting: not ready either
     return response.status_code == 200
