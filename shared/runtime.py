@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
-from shared import idempotency
+from shared import idempotency, metrics
 from shared.auth import JwtVerifier
 from shared.dryrun import DryRunDatabase
 from shared.errors import ERROR_RESPONSES
@@ -70,6 +70,7 @@ class ServiceRuntime:
         self.loops: list[tuple[str, BackgroundLoop]] = []
         if outbox_collections:
             self.loops.append(("outbox-relay", self.outbox.run))
+        self.loops.append(("consumer-lag", self._report_lag))
         self.consumers: list[EventConsumer] = []
         self._subscribed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -142,6 +143,26 @@ class ServiceRuntime:
             await self.broker.stop()
         await self.mongo.close()
         self.started = False
+
+    async def _report_lag(self, every_seconds: float = 5.0) -> None:
+        """Consumer lag per assigned partition (end offset minus position) for /metrics."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            for subscriber in self.broker.subscribers:
+                consumer = getattr(subscriber, "consumer", None)
+                if consumer is None:
+                    continue
+                for tp in consumer.assignment():
+                    highwater = consumer.highwater(tp)
+                    if highwater is None:
+                        continue
+                    try:
+                        position = await asyncio.wait_for(consumer.position(tp), timeout=1.0)
+                    except Exception:  # reassigned during a rebalance, or not fetched yet
+                        continue
+                    topic = tp.topic.removeprefix(self.settings.topic_prefix)
+                    metrics.CONSUMER_LAG.labels(self.service, topic, str(tp.partition)).set(
+                        max(0, highwater - position))
 
     async def mongo_ready(self) -> bool:
         # Bounded: a probe must answer "not ready" quickly, not hang for server selection.

@@ -93,3 +93,24 @@ async def test_rewards_counts_coupons_issued_by_rule_once_under_duplicates(infra
 
 async def _handled(svc, count: int) -> bool:
     return await metric(svc, "pinwheel_events_consumed_total", type="referral.bound", outcome="handled") >= count
+
+
+async def test_consumer_lag_is_exported_per_partition(infra, namespace):
+    settings = settings_for(ReferralSettings, infra, namespace)
+    async with running(build_referral, settings) as svc, Producer(infra.bootstrap_servers, settings.topic_prefix) as p:
+        await p.send("users.events", user_registered(f"u-{namespace}"))
+
+        async def reported():
+            text = (await svc.client.get("/metrics")).text
+            return [line for line in text.splitlines()
+                    if line.startswith("pinwheel_consumer_lag{") and 'topic="users.events"' in line
+                    and 'service="referral"' in line]
+
+        lines = await eventually(reported, timeout=20, message="lag gauge exported")
+        assert len(lines) == settings.topic_partitions
+        await eventually(lambda: _lag_total(svc), timeout=20, message="lag back to zero")
+
+
+async def _lag_total(svc) -> bool:
+    text = (await svc.client.get("/metrics")).text
+    return sample(text, "pinwheel_consumer_lag", service="referral", topic="users.events") == 0
