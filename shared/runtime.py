@@ -73,6 +73,7 @@ class ServiceRuntime:
         self.loops.append(("consumer-lag", self._report_lag))
         self.consumers: list[EventConsumer] = []
         self._subscribed = False
+        self._startup: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
         for topic in published_topics(self.service):
@@ -97,23 +98,33 @@ class ServiceRuntime:
     def add_loop(self, name: str, loop: BackgroundLoop) -> None:
         self.loops.append((name, loop))
 
-    async def _retry(self, what: str, action: Callable[[], Awaitable[Any]], timeout: float = 90.0) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def _retry(self, what: str, action: Callable[[], Awaitable[Any]],
+                     reset: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Until it works: a dependency that is down at startup is waited for, not fatal."""
         delay = 0.5
         while True:
             try:
                 await action()
                 return
             except Exception as exc:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                log.warning(f"{what} failed, retrying", error=repr(exc)[:300])
+                log.warning(f"{what} failed, retrying", error=repr(exc)[:300], retry_in=delay)
+                if reset is not None:
+                    with contextlib.suppress(Exception):
+                        await reset()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def start(self) -> None:
+    async def start(self, wait: bool = True) -> None:
+        """Connect to the store and Kafka, then run the consumers and loops. With ``wait=False``
+        (the HTTP process) this happens in the background: the API serves at once, ``/healthz``
+        is green and ``/readyz`` stays red until both dependencies are reached."""
+        self._startup = asyncio.create_task(self._start_when_reachable(), name="startup")
+        if wait:
+            await self._startup
+
+    async def _start_when_reachable(self) -> None:
         await self._retry("creating indexes", lambda: ensure_indexes(self.db, self.indexes))
-        await self._retry("starting the Kafka broker", self.broker.start)
+        await self._retry("starting the Kafka broker", self.broker.start, reset=self.broker.stop)
         for name, loop in self.loops:
             self._tasks.append(asyncio.create_task(self._supervise(name, loop), name=name))
         self.started = True
@@ -133,6 +144,10 @@ class ServiceRuntime:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        if self._startup is not None and not self._startup.done():
+            self._startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._startup
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -198,7 +213,7 @@ def create_app(
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
+        await runtime.start(wait=False)
         try:
             yield
         finally:

@@ -8,8 +8,10 @@ import os
 import sys
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from asgi_lifespan import LifespanManager
 
 from services.groupbuy.bootstrap import build_app as build_groupbuy
 from services.groupbuy.settings import GroupbuySettings
@@ -19,7 +21,7 @@ from services.rewards.bootstrap import build_app as build_rewards
 from services.rewards.settings import RewardsSettings
 from shared.kafka import H_ERROR, H_OFFSET, H_REASON, H_TOPIC
 from tests.support.events import Producer, order_completed, user_registered
-from tests.support.services import eventually, running, settings_for
+from tests.support.services import eventually, running, settings_for, token
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +149,27 @@ async def _ready(svc: Any) -> bool:
     response = await svc.client.get("/readyz")
     return response.status_code == 200
 
+
+
+async def test_a_service_started_while_the_store_is_down_serves_health_and_becomes_ready_later(infra, namespace):
+    if infra.store is None:
+        pytest.skip("the store is external (MONGODB_URI or a container); this test stops and starts our own")
+    settings = settings_for(ReferralSettings, infra, namespace)
+    app = build_referral(settings)
+    infra.store.stop_front()
+    try:
+        async with LifespanManager(app, startup_timeout=30), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            red = await client.get("/readyz")
+            assert red.status_code == 503 and red.json()["checks"]["mongodb"] is False
+            refused = await client.get("/v1/me/referrals", headers=token("u1"))
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+            await asyncio.to_thread(infra.store.start_front)
+            assert await eventually(lambda: _ready_client(client), timeout=60, message="ready when the store is back")
+    finally:
+        await asyncio.to_thread(infra.store.start_front)
+
+
+async def _ready_client(client: Any) -> bool:
+    return (await client.get("/readyz")).status_code == 200
