@@ -91,6 +91,9 @@ async def plan_ranges(consumer: AIOKafkaConsumer, topics: list[str], start: date
 async def replay(service: str, start: datetime, end: datetime | None = None, *, dry_run: bool = False,
                  concurrency: int = 64, progress: Callable[[int, int], None] | None = None,
                  **settings_overrides: Any) -> ReplaySummary:
+    if service == "rewards":
+        # publish inline: the batching publisher's background loop does not run outside the service
+        settings_overrides.setdefault("outbox_batching", False)
     runtime = runtime_for(service, dry_run=dry_run, **settings_overrides)
     settings = runtime.settings
     summary = ReplaySummary(service=service, dry_run=dry_run)
