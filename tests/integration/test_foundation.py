@@ -12,6 +12,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from asgi_lifespan import LifespanManager
+from pymongo import AsyncMongoClient
 
 from services.groupbuy.bootstrap import build_app as build_groupbuy
 from services.groupbuy.settings import GroupbuySettings
@@ -106,9 +107,12 @@ async def test_consumer_killed_after_storing_but_before_committing_reprocesses_w
             crashing.kill()
     assert return_code == -9, "the consumer should have died by SIGKILL inside the handler"
 
+    # read the store before any consumer runs again: the effect is there, the offset is not committed
+    async with AsyncMongoClient(infra.mongodb_uri) as client:
+        first = await client[settings.mongodb_database].inbox.find_one({"_id": event["id"]})
+    assert first is not None and first["redeliveries"] == 0, "the effect was stored before the crash"
+
     async with running(build_referral, settings) as svc:
-        first = await svc.db.inbox.find_one({"_id": event["id"]})
-        assert first is not None and first["redeliveries"] == 0, "the effect was stored before the crash"
         again = await eventually(
             lambda: svc.db.inbox.find_one({"_id": event["id"], "redeliveries": 1}),
             message="the uncommitted event is delivered again")
