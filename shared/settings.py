@@ -58,10 +58,11 @@ class ServiceSettings(BaseSettings):
     outbox_poll_seconds: float = 0.5
     consumer_max_attempts: int = Field(3, ge=1, description="tries of a failing handler before the DLQ")
     consumer_retry_backoff_seconds: float = 0.2
-    consumer_batch_max_records: int = Field(500, ge=1, description="records per poll, committed together")
+    consumer_batch_max_records: int = Field(1000, ge=1, description="records per poll, committed together")
     consumer_batch_timeout_ms: int = Field(
         10, ge=1, description="how long a poll waits for records (an idle poll also sleeps this long)")
-    consumer_concurrency: int = Field(32, ge=1, description="keys of one poll processed at the same time")
+    consumer_concurrency: int = Field(
+        256, ge=1, description="keys of one poll processed at the same time (their inserts share round trips)")
     public_base_url: str = ""
     dry_run: bool = Field(False, description="read-only: writes and publishes are recorded, not made (ops replay)")
 
