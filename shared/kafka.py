@@ -372,3 +372,31 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> lis
     await consumer._client.force_metadata_update()
     return [TopicPartition(topic, partition)
             for topic in topics for partition in sorted(consumer.partitions_for_topic(topic) or ())]
+
+
+async def read_topic(bootstrap_servers: str, topic: str) -> list[ConsumerRecord[Any, Any]]:
+    """Every record now on ``topic`` (each partition from its beginning to its current end), in
+    partition and offset order; reads without a consumer group and commits nothing (ops, tests)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(consumer, [topic])
+        if not partitions:
+            return []
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        pending = {tp for tp in partitions if ends[tp] > starts[tp]}
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+        found: list[ConsumerRecord[Any, Any]] = []
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, records in batch.items():
+                found.extend(record for record in records if record.offset < ends[tp])
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return sorted(found, key=lambda record: (record.partition, record.offset))
+    finally:
+        await consumer.stop()

@@ -9,11 +9,11 @@ import structlog
 from fastapi import FastAPI
 
 from services.groupbuy.adapters.store import INDEXES, OUTBOX_COLLECTIONS, GroupbuyStore
-from services.groupbuy.clock import Clock, SystemClock
 from services.groupbuy.entrypoints import consumers
 from services.groupbuy.entrypoints.api import build_router
 from services.groupbuy.handlers import Groupbuy
 from services.groupbuy.settings import GroupbuySettings
+from shared.clock import Clock, SystemClock
 from shared.events import catalog
 from shared.runtime import ServiceRuntime, create_app
 from shared.settings import ServiceSettings

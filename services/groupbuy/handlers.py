@@ -16,7 +16,6 @@ from prometheus_client import Counter
 
 from services.groupbuy.adapters import store as st
 from services.groupbuy.adapters.store import GroupbuyStore
-from services.groupbuy.clock import Clock
 from services.groupbuy.domain.campaign import CampaignRules, TierRule, validate_campaign
 from services.groupbuy.domain.group import (
     GroupDecision,
@@ -32,6 +31,7 @@ from services.groupbuy.domain.group import (
     slot_candidates,
 )
 from services.groupbuy.settings import GroupbuySettings
+from shared.clock import Clock
 from shared.errors import ApiError
 from shared.events import schemas as s
 from shared.events.envelope import CloudEvent, new_event_id

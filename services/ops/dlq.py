@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from shared.events.catalog import DLQ_SUFFIX
-from shared.kafka import H_CONSUMER, H_ERROR, H_FAILED_AT, H_REASON, H_TOPIC, topic_partitions
+from shared.kafka import H_CONSUMER, H_ERROR, H_FAILED_AT, H_REASON, H_TOPIC, read_topic
 
 DLQ_HEADER_PREFIX = "dlq-"
 REDRIVEN_FROM = "dlq-redriven-from"
@@ -74,38 +74,8 @@ def dlq_name(topic: str) -> str:
 
 async def read_all(bootstrap_servers: str, topic: str) -> list[DeadLetter]:
     """Every record now in the DLQ topic, oldest first per partition."""
-    topic = dlq_name(topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        partitions = await topic_partitions(consumer, [topic])
-        if not partitions:
-            return []
-        ends = await consumer.end_offsets(partitions)
-        starts = await consumer.beginning_offsets(partitions)
-        pending = {tp for tp in partitions if ends[tp] > starts[tp]}
-        if not pending:
-            return []
-        consumer.assign(partitions)
-        for tp in partitions:
-            consumer.seek(tp, starts[tp])
-        letters: list[DeadLetter] = []
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        letters.append(DeadLetter(record.topic, record.partition, record.offset, record.key,
-                                                  record.value or b"", tuple(record.headers or ())))
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    pending.discard(tp)
-            if not batch:
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
-        return sorted(letters, key=lambda letter: (letter.partition, letter.offset))
-    finally:
-        await consumer.stop()
+    return [DeadLetter(r.topic, r.partition, r.offset, r.key, r.value or b"", tuple(r.headers or ()))
+            for r in await read_topic(bootstrap_servers, dlq_name(topic))]
 
 
 def select(letters: list[DeadLetter], refs: list[str] | None = None, reason: str | None = None,

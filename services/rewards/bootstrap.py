@@ -20,10 +20,10 @@ from services.rewards.adapters.store import (
     LedgerStore,
     RefusalStore,
 )
-from services.rewards.clock import Clock, SystemClock
 from services.rewards.domain.funnel import FUNNEL_EVENT_TYPES
 from services.rewards.entrypoints import api, consumers, live
 from services.rewards.settings import RewardsSettings
+from shared.clock import Clock, SystemClock
 from shared.events import catalog
 from shared.kafka import EventHandler
 from shared.runtime import ServiceRuntime, create_app

@@ -30,7 +30,6 @@ from services.rewards.adapters.store import (
     SeqTaken,
     coupon_from,
 )
-from services.rewards.clock import Clock
 from services.rewards.domain import budgets as budget_rules
 from services.rewards.domain import coupons as coupon_rules
 from services.rewards.domain import ledger as ledger_rules
@@ -43,6 +42,7 @@ from services.rewards.domain.rules import (
     referral_key,
     rewards_for,
 )
+from shared.clock import Clock
 from shared.events import CloudEvent
 from shared.events import schemas as s
 from shared.events.envelope import new_event_id

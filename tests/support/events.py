@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -65,30 +64,8 @@ class Producer:
         await self.send_raw(topic, json.dumps(event).encode(), key=key)
 
 
-async def read_all(bootstrap_servers: str, topic: str, timeout: float = 30) -> list[dict[str, Any]]:
+async def read_all(bootstrap_servers: str, topic: str) -> list[dict[str, Any]]:
     """Every event now on ``topic`` (all partitions, up to their current end), decoded."""
-    from aiokafka import AIOKafkaConsumer
+    from shared.kafka import read_topic
 
-    from shared.kafka import topic_partitions
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        partitions = await topic_partitions(consumer, [topic])
-        if not partitions:
-            return []
-        ends = await consumer.end_offsets(partitions)
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        events: list[dict[str, Any]] = []
-        pending = {tp for tp in partitions if ends[tp] > 0}
-        async with asyncio.timeout(timeout):
-            while pending:
-                for tp, records in (await consumer.getmany(*pending, timeout_ms=500)).items():
-                    events.extend(json.loads(r.value) for r in records if r.offset < ends[tp])
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
-        return events
-    finally:
-        await consumer.stop()
+    return [json.loads(record.value) for record in await read_topic(bootstrap_servers, topic)]

@@ -14,9 +14,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from services.groupbuy.bootstrap import build_app
-from services.groupbuy.clock import SettableClock
 from services.groupbuy.handlers import to_millis
 from services.groupbuy.settings import GroupbuySettings
+from shared.clock import SettableClock
 from shared.events.envelope import utcnow
 from tests.support.events import Producer, order_completed
 from tests.support.services import running, settings_for, token

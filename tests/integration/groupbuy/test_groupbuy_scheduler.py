@@ -10,9 +10,9 @@ import pytest
 
 from services.groupbuy.adapters import store as st
 from services.groupbuy.bootstrap import build_app
-from services.groupbuy.clock import SettableClock
 from services.groupbuy.handlers import to_millis
 from services.groupbuy.settings import GroupbuySettings
+from shared.clock import SettableClock
 from shared.events.envelope import utcnow
 from tests.support.services import eventually, running, settings_for, token
 

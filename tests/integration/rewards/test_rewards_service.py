@@ -18,10 +18,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from services.rewards import handlers
 from services.rewards.adapters.store import LEDGER, entry_from
 from services.rewards.bootstrap import build_app
-from services.rewards.clock import ManualClock
 from services.rewards.domain import ledger as ledger_rules
 from services.rewards.domain.rules import coupon_code, reward_id
 from services.rewards.settings import RewardsSettings
+from shared.clock import ShiftedClock
 from shared.events import CloudEvent
 from shared.kafka import parse_event
 from tests.support.events import Producer, cloud_event, now_rfc3339, order_completed, order_refunded
@@ -273,7 +273,7 @@ async def _caught_up(svc: Any) -> bool:
 
 
 async def test_rewards_coupon_reservation_confirmation_refund_expiry_and_sweep(infra, namespace):
-    clock = ManualClock()
+    clock = ShiftedClock()
     settings = settings_for(RewardsSettings, infra, namespace, reservation_sweep_seconds=3600)
     bob = f"bob-{namespace}"
     async with running(partial(build_app, clock=clock), settings) as svc, \
@@ -357,7 +357,7 @@ async def _status(svc: Any, user: str, code: str, status: str) -> bool:
 
 
 async def test_rewards_commission_hold_withdrawal_reversal_and_negative_balance(infra, namespace):
-    clock = ManualClock()
+    clock = ShiftedClock()
     settings = settings_for(RewardsSettings, infra, namespace)
     ann = f"ann-{namespace}"
     async with running(partial(build_app, clock=clock), settings) as svc, \
@@ -415,7 +415,7 @@ async def test_rewards_commission_hold_withdrawal_reversal_and_negative_balance(
 
 
 async def test_rewards_hundred_withdrawals_racing_ten_credits_never_overdraw(infra, namespace):
-    clock = ManualClock()
+    clock = ShiftedClock()
     settings = settings_for(RewardsSettings, infra, namespace, commission_hold_days=0)
     ann = f"ann-{namespace}"
     async with running(partial(build_app, clock=clock), settings) as svc:
