@@ -221,9 +221,45 @@ def atomic_updates(is_ferretdb: bool) -> bool:
     return not is_ferretdb or os.environ.get("PINWHEEL_FERRETDB_SERIALIZE_WRITES") == "1"
 
 
-async def test_concurrent_inc_is_atomic(coll: Any, is_ferretdb: bool) -> None:
-    if not atomic_updates(is_ferretdb):
-        pytest.skip("plain FerretDB updates are read-then-write-back; see atomic_updates()")
+@pytest.fixture(scope="module")
+def atomic_uri(mongo_uri: str, is_ferretdb: bool, local_store: LocalStore | None,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A store with atomic single-document updates: this one, or our FerretDB launcher with its
+    optional serializing proxy (PINWHEEL_FERRETDB_SERIALIZE_WRITES=1) on a store of its own."""
+    if atomic_updates(is_ferretdb):
+        yield mongo_uri
+        return
+    if local_store is None:
+        pytest.skip("MONGODB_URI is a plain FerretDB; the serializing launcher needs a store of its own")
+    store = LocalStore(tmp_path_factory.mktemp("serialized"), port=free_port(), pg_port=free_port())
+    previous = os.environ.get("PINWHEEL_FERRETDB_SERIALIZE_WRITES")
+    os.environ["PINWHEEL_FERRETDB_SERIALIZE_WRITES"] = "1"
+    try:
+        store.start(timeout=120)
+    finally:
+        if previous is None:
+            os.environ.pop("PINWHEEL_FERRETDB_SERIALIZE_WRITES")
+        else:
+            os.environ["PINWHEEL_FERRETDB_SERIALIZE_WRITES"] = previous
+    try:
+        yield store.uri
+    finally:
+        store.stop()
+
+
+@pytest.fixture
+async def atomic_coll(atomic_uri: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(atomic_uri, serverSelectionTimeoutMS=5000)
+    try:
+        collection = client["atomic_updates"][request.node.name[:60]]
+        await collection.drop()
+        yield collection
+    finally:
+        await client.close()
+
+
+async def test_concurrent_inc_is_atomic(atomic_coll: Any) -> None:
+    coll = atomic_coll
     await coll.insert_one({"_id": "ctr", "n": 0})
     await asyncio.gather(*(coll.update_one({"_id": "ctr"}, {"$inc": {"n": 1}}) for _ in range(200)))
     assert (await coll.find_one({"_id": "ctr"}))["n"] == 200
@@ -231,10 +267,9 @@ async def test_concurrent_inc_is_atomic(coll: Any, is_ferretdb: bool) -> None:
     assert (await coll.find_one({"_id": "ctr"}))["n"] == 100
 
 
-async def test_guarded_claims_never_oversell(coll: Any, is_ferretdb: bool) -> None:
+async def test_guarded_claims_never_oversell(atomic_coll: Any) -> None:
     """Guarded updates as slot claims: exactly N winners on a store with atomic updates."""
-    if not atomic_updates(is_ferretdb):
-        pytest.skip("plain FerretDB updates are read-then-write-back; see atomic_updates()")
+    coll = atomic_coll
     for round_ in range(5):
         await coll.delete_many({})
         await coll.insert_one({"_id": "deal", "left": 5, "members": []})
