@@ -308,3 +308,15 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def finish_chart(fig: Any, result: Any, started: float) -> Any:
+    """Save a scenario's chart next to the others and close the scenario's result."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(chart_path(result.key), dpi=110)
+    plt.close(fig)
+    result.chart = chart_path(result.key).name
+    result.seconds = time.perf_counter() - started
+    return result

@@ -23,8 +23,8 @@ from bench.common import (
     Infra,
     ScenarioResult,
     auth,
-    chart_path,
     drop_database,
+    finish_chart,
     namespace,
     percentile,
     pyplot,
@@ -136,9 +136,4 @@ async def scenario_joins(infra: Infra, joins: int, groups: int, seats: int, conc
     ax.set_ylabel("% of requests")
     ax.set_title(f"{j['requests']} joins over {run['groups']} groups")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(chart_path(result.key), dpi=110)
-    plt.close(fig)
-    result.chart = chart_path(result.key).name
-    result.seconds = time.perf_counter() - started
-    return result
+    return finish_chart(fig, result, started)

@@ -23,10 +23,10 @@ from bench.common import (
     Infra,
     ScenarioResult,
     auth,
-    chart_path,
     create_topics,
     drop_database,
     encode,
+    finish_chart,
     namespace,
     percentile,
     pyplot,
@@ -126,9 +126,4 @@ async def scenario_latency(infra: Infra, rate: float, seconds: float, sample: fl
     ax.set_ylabel("% of sampled events")
     ax.set_title(f"E2E latency at {run['achieved_rate']:.0f} events/s")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(chart_path(result.key), dpi=110)
-    plt.close(fig)
-    result.chart = chart_path(result.key).name
-    result.seconds = time.perf_counter() - started
-    return result
+    return finish_chart(fig, result, started)

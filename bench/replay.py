@@ -22,10 +22,10 @@ from pymongo import AsyncMongoClient
 from bench.common import (
     Infra,
     ScenarioResult,
-    chart_path,
     create_topics,
     drop_database,
     encode,
+    finish_chart,
     group_formed,
     namespace,
     order_completed,
@@ -132,9 +132,4 @@ async def scenario_replay(infra: Infra, n: int, duplicates: float) -> ScenarioRe
     ax.set_xlabel("events/s")
     ax.set_title(f"Replay of {len(records):,} records: {summary.effects_applied} new effects")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(chart_path(result.key), dpi=110)
-    plt.close(fig)
-    result.chart = chart_path(result.key).name
-    result.seconds = time.perf_counter() - started
-    return result
+    return finish_chart(fig, result, started)

@@ -28,10 +28,10 @@ from pymongo.errors import BulkWriteError
 from bench.common import (
     Infra,
     ScenarioResult,
-    chart_path,
     create_topics,
     drop_database,
     encode,
+    finish_chart,
     namespace,
     order_completed,
     produce,
@@ -193,12 +193,7 @@ async def scenario_throughput(infra: Infra, n: int, duplicates: float, profile: 
     ax.set_title(f"Rewards throughput, {service['records']:,} records, ratio {ratio:.2f}")
     ax.set_xlim(0, max([*values, 3000]) * 1.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(chart_path(result.key), dpi=110)
-    plt.close(fig)
-    result.chart = chart_path(result.key).name
-    result.seconds = time.perf_counter() - started
-    return result
+    return finish_chart(fig, result, started)
 
 
 async def scenario_scaling(infra: Infra, n: int, duplicates: float, counts: list[int]) -> ScenarioResult:
@@ -222,9 +217,4 @@ async def scenario_scaling(infra: Infra, n: int, duplicates: float, counts: list
     ax.set_ylabel("events/s")
     ax.set_title("Rewards throughput by process count")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(chart_path(result.key), dpi=110)
-    plt.close(fig)
-    result.chart = chart_path(result.key).name
-    result.seconds = time.perf_counter() - started
-    return result
+    return finish_chart(fig, result, started)
