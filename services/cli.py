@@ -88,6 +88,8 @@ def run(demo: Annotated[bool, typer.Option(help="load demo data")] = True) -> No
     except KeyboardInterrupt:
         pass
     finally:
+        # a second Ctrl-C (or the one uv forwards) must not cut the shutdown short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         system.down(config)
 
 

@@ -60,7 +60,7 @@ def make_broker(settings: ServiceSettings, **kwargs: Any) -> KafkaBroker:
         acks="all",
         linger_ms=1,
         request_timeout_ms=15_000,
-        graceful_timeout=10.0,
+        graceful_timeout=5.0,
         # FastStream's per-message "Received"/"Processed" lines go to our structlog JSON pipeline,
         # at debug level: at INFO they would be two lines per event.
         logger=logging.getLogger("faststream.pinwheel"),

@@ -92,6 +92,11 @@ def _pid_file(config: SystemConfig, service: str) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    try:  # reap it if it is our own child (`run` starts the services itself): a zombie is not alive
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except OSError:
@@ -145,6 +150,8 @@ def wait_ready(config: SystemConfig, timeout: float = 180) -> None:
 
 
 def stop_services(config: SystemConfig) -> None:
+    """SIGTERM to every service at once, then wait (SIGKILL after 20 s): each drains on its own."""
+    running: dict[str, int] = {}
     for service in SERVICES:
         pid_file = _pid_file(config, service)
         if not pid_file.exists():
@@ -152,13 +159,21 @@ def stop_services(config: SystemConfig) -> None:
         pid = int(pid_file.read_text())
         if _alive(pid):
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        pid_file.unlink(missing_ok=True)
-        _say(f"{service} stopped")
+            running[service] = pid
+        else:
+            pid_file.unlink(missing_ok=True)
+    deadline = time.monotonic() + 20
+    while running and time.monotonic() < deadline:
+        for service, pid in list(running.items()):
+            if not _alive(pid):
+                del running[service]
+                _pid_file(config, service).unlink(missing_ok=True)
+                _say(f"{service} stopped")
+        time.sleep(0.2)
+    for service, pid in running.items():
+        os.kill(pid, signal.SIGKILL)
+        _pid_file(config, service).unlink(missing_ok=True)
+        _say(f"{service} killed after 20 s")
 
 
 def up(config: SystemConfig | None = None) -> dict[str, str]:

@@ -157,7 +157,12 @@ async def chaos(system: System, rng: random.Random, duration: float, log: list[s
             await asyncio.to_thread(infra.store.start_front)
         log.append(f"{loop.time() - start:5.1f}s store started")
 
-    await asyncio.gather(killer(), broker_restart(), store_outage())
+    # a TaskGroup: if one fault fails (an assertion), the others are cancelled, not left restarting
+    # services behind the test's cleanup
+    async with asyncio.TaskGroup() as faults:
+        faults.create_task(killer())
+        faults.create_task(broker_restart())
+        faults.create_task(store_outage())
 
 
 async def _ready(system: System, name: str) -> bool | None:
@@ -211,8 +216,9 @@ async def test_story_at_volume_under_faults_matches_the_oracle(infra, namespace,
 
         async with Producer(infra.bootstrap_servers, system.topic_prefix) as producer:
             duration = 30.0
-            await asyncio.gather(produce(producer, phase1, codes, per_second=len(phase1) / duration),
-                                 chaos(system, rng, duration, fault_log))
+            async with asyncio.TaskGroup() as phase:
+                phase.create_task(produce(producer, phase1, codes, per_second=len(phase1) / duration))
+                phase.create_task(chaos(system, rng, duration, fault_log))
             await wait_all_ready(system)
             await eventually(lambda: _all_qualified(system, plan), timeout=300, interval=2,
                              message="every invitee qualified after the faults")
