@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from typing import Any
 
 import httpx
@@ -21,6 +19,7 @@ from services.referral.settings import ReferralSettings
 from services.rewards.bootstrap import build_app as build_rewards
 from services.rewards.settings import RewardsSettings
 from shared.kafka import H_ERROR, H_OFFSET, H_REASON, H_TOPIC
+from tests.support.crashing_consumer import start_crashing
 from tests.support.events import Producer, order_completed, user_registered
 from tests.support.services import eventually, running, settings_for, token
 
@@ -88,17 +87,8 @@ async def test_consumer_killed_after_storing_but_before_committing_reprocesses_w
         infra, namespace):
     settings = settings_for(ReferralSettings, infra, namespace)
     event = user_registered(f"u-{namespace}")
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "MONGODB_URI": infra.mongodb_uri,
-           "PINWHEEL_TOPIC_PREFIX": settings.topic_prefix, "REFERRAL_MONGODB_DATABASE": settings.mongodb_database,
-           "REFERRAL_CONSUMER_GROUP": settings.consumer_group, "PINWHEEL_LOG_FORMAT": "json"}
-    crashing = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.crashing_consumer", "referral", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    crashing = await start_crashing("referral", settings, infra)
     try:
-        assert crashing.stdout is not None
-        async with asyncio.timeout(90):
-            while b"CRASHING-CONSUMER-READY" not in (line := await crashing.stdout.readline()):
-                assert line, "the crashing consumer exited before it was ready"
         async with Producer(infra.bootstrap_servers, settings.topic_prefix) as producer:
             await producer.send("users.events", event)
         return_code = await asyncio.wait_for(crashing.wait(), 60)

@@ -47,3 +47,24 @@ def _dying_after(handler: Any) -> Any:
 
 if __name__ == "__main__":
     asyncio.run(main(sys.argv[1]))
+
+
+async def start_crashing(service: str, settings: Any, infra: Any) -> asyncio.subprocess.Process:
+    """Start this module as ``service`` against the test's isolated settings; return once it consumes."""
+    prefix = service.upper()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "MONGODB_URI": infra.mongodb_uri,
+           "PINWHEEL_TOPIC_PREFIX": settings.topic_prefix, f"{prefix}_MONGODB_DATABASE": settings.mongodb_database,
+           f"{prefix}_CONSUMER_GROUP": settings.consumer_group, "PINWHEEL_LOG_FORMAT": "json",
+           "PINWHEEL_ENV": "test"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.crashing_consumer", service, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(90):
+            while b"CRASHING-CONSUMER-READY" not in (line := await process.stdout.readline()):
+                assert line, "the crashing consumer exited before it was ready"
+    except BaseException:
+        process.kill()
+        raise
+    return process

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import uuid
 from datetime import timedelta
 from functools import partial
@@ -24,6 +22,7 @@ from services.rewards.settings import RewardsSettings
 from shared.clock import ShiftedClock
 from shared.events import CloudEvent
 from shared.kafka import parse_event
+from tests.support.crashing_consumer import start_crashing
 from tests.support.events import Producer, cloud_event, now_rfc3339, order_completed, order_refunded
 from tests.support.services import eventually, running, settings_for, token
 
@@ -495,18 +494,8 @@ async def test_rewards_process_killed_after_granting_before_commit_grants_once_a
     settings = settings_for(RewardsSettings, infra, namespace)
     ann, bob = f"ann-{namespace}", f"bob-{namespace}"
     event = qualified(ann, bob, 8)
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers, "MONGODB_URI": infra.mongodb_uri,
-           "PINWHEEL_TOPIC_PREFIX": settings.topic_prefix, "REWARDS_MONGODB_DATABASE": settings.mongodb_database,
-           "REWARDS_CONSUMER_GROUP": settings.consumer_group, "PINWHEEL_LOG_FORMAT": "json",
-           "PINWHEEL_ENV": "test"}
-    crashing = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.crashing_consumer", "rewards", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    crashing = await start_crashing("rewards", settings, infra)
     try:
-        assert crashing.stdout is not None
-        async with asyncio.timeout(90):
-            while b"CRASHING-CONSUMER-READY" not in (line := await crashing.stdout.readline()):
-                assert line, "the crashing consumer exited before it was ready"
         async with Producer(infra.bootstrap_servers, settings.topic_prefix) as producer:
             await send(producer, event)
         assert await asyncio.wait_for(crashing.wait(), 60) == -9
