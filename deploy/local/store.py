@@ -52,6 +52,7 @@ from deploy.local.common import (
 LAUNCHER_DIR = REPO_ROOT / "deploy" / "local" / "ferretdb"
 PG_USER = "postgres"
 PG_DATABASE = "ferretdb"
+GIN_TWINS_SQL = Path(__file__).with_name("gin_twins.sql")
 
 # Speed over durability: this cluster only ever holds local/test data.
 PG_CONF = """
@@ -517,6 +518,12 @@ class LocalStore:
         if result.stdout.strip() != "1":
             subprocess.run([*psql, "-c", f"CREATE DATABASE {PG_DATABASE}"], capture_output=True,
                            check=True, cwd=self.pg_data, **self._pg_run_kwargs())
+        # indexes FerretDB's pushed-down filters can use (see the file); idempotent, every start
+        psql[psql.index("-d") + 1] = PG_DATABASE
+        result = subprocess.run([*psql, "-f", "-"], input=GIN_TWINS_SQL.read_text(), capture_output=True,
+                                text=True, check=False, cwd=self.pg_data, **self._pg_run_kwargs())
+        if result.returncode != 0:
+            raise RuntimeError(f"installing {GIN_TWINS_SQL.name} failed:\n{result.stdout}{result.stderr}")
 
     def _stop_postgres(self) -> None:
         pid = self._pg_pid()

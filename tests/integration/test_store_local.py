@@ -392,3 +392,34 @@ async def test_kill_then_start_front(local_store: LocalStore | None, coll: Any) 
     await _restart_checks(local_store, coll, "kill")
     local_store.start()  # idempotent while running
     assert local_store.kind in ("mongod", "ferretdb")
+
+
+def _plan_nodes(plan: Any) -> list[str]:
+    """Every node type / stage name in an explain plan (FerretDB's PostgreSQL plan or mongod's)."""
+    found: list[str] = []
+    if isinstance(plan, dict):
+        for key in ("Node Type", "Index Name", "stage"):
+            if key in plan:
+                found.append(str(plan[key]))
+        for value in plan.values():
+            found.extend(_plan_nodes(value))
+    elif isinstance(plan, list):
+        for value in plan:
+            found.extend(_plan_nodes(value))
+    return found
+
+
+async def test_equality_lookups_use_an_index(client: AsyncMongoClient[Doc], coll: Any, is_ferretdb: bool) -> None:
+    """FerretDB pushes ``{f: v}`` down as ``_jsonb->'f' @> v``, which its own btree indexes cannot
+    answer; the local store adds GIN twins (deploy/local/gin_twins.sql) so the lookups the
+    services make by ``_id`` and by indexed fields do not scan the collection."""
+    await coll.create_index("code", unique=True)
+    await coll.insert_many([{"_id": f"id{i}", "code": f"c{i}"} for i in range(2000)])
+    for query in ({"_id": "id777"}, {"code": "c777"}):
+        explained = await coll.database.command("explain", {"find": coll.name, "filter": query})
+        nodes = _plan_nodes(explained.get("queryPlanner", explained))
+        assert await coll.find_one(query) is not None
+        if is_ferretdb:
+            assert "Seq Scan" not in nodes and any(n.startswith("pw_gin_") for n in nodes), nodes
+        else:
+            assert "COLLSCAN" not in nodes, nodes
