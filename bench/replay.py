@@ -92,7 +92,8 @@ async def scenario_replay(infra: Infra, n: int, duplicates: float) -> ScenarioRe
     try:
         apply_started = time.perf_counter()
         async with service_processes("rewards", infra, ns):
-            await _watch(db, effects, timeout=3600, poll=0.5)
+            await _watch(infra.bootstrap_servers, f"{ns}-rewards", {f"{ns}.{t}" for t in TOPICS}, len(records),
+                         timeout=3600, poll=0.5)
         apply_seconds = time.perf_counter() - apply_started
         before = await db.coupons.count_documents({}) + await db.inbox.count_documents({})
         replay_started = time.perf_counter()
@@ -109,7 +110,8 @@ async def scenario_replay(infra: Infra, n: int, duplicates: float) -> ScenarioRe
     raw_rate = len(records) / raw_seconds
     result.figures = {"records": len(records), "replay_seconds": replay_seconds, "replay_events_per_s": rate,
                       "raw_read_events_per_s": raw_rate, "first_apply_seconds": apply_seconds,
-                      "effects_before": before, "effects_after": after, "summary": summary.as_dict()}
+                      "effects_expected": effects, "effects_before": before, "effects_after": after,
+                      "summary": summary.as_dict()}
     result.rows = [
         {"run": "ops replay (rewards handlers, nothing new)", "records": summary.events_read,
          "seconds": replay_seconds, "events/s": rate, "new effects": summary.effects_applied,

@@ -18,12 +18,13 @@ from typing import Any
 import structlog
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from shared import metrics
 from shared.events.catalog import EVENTS
 from shared.events.envelope import CloudEvent, utcnow
 from shared.kafka import EventPublisher
-from shared.mongo import Document, Indexes
+from shared.mongo import DUPLICATE_KEY, Document, Indexes
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -33,15 +34,60 @@ CREATED_AT = "outbox_created_at"
 PUBLISHED_AT = "outbox_published_at"
 
 
-def with_outbox(document: Document, events: Sequence[CloudEvent[Any]]) -> Document:
-    """The document to insert, carrying ``events`` to publish."""
+def with_outbox(document: Document, events: Sequence[CloudEvent[Any]], *, relayed: bool = True) -> Document:
+    """The document to insert, carrying ``events`` to publish.
+
+    ``relayed=False`` is for documents a Kafka handler inserts and publishes before its offset is
+    committed (see ``PublishMarks``): the inbound offset is what says "maybe not published yet",
+    so the document is not flagged for the relay, and no update is needed once it is published."""
     document[OUTBOX] = [
         {"id": e.id, "type": e.type, "key": EVENTS[e.type].key_of(e.data), "payload": e.to_json_bytes().decode()}
         for e in events
     ]
-    document[PENDING] = bool(events)
+    document[PENDING] = bool(events) and relayed
     document[CREATED_AT] = utcnow()
     return document
+
+
+class PublishMarks:
+    """"These documents' events were published": one small insert per document into
+    ``outbox_published``, for the documents of ``with_outbox(relayed=False)``.
+
+    Why it is as safe as the relay: such a document is inserted by a Kafka handler, which returns
+    only after the events were acknowledged by Kafka and the mark was stored; the consumer commits
+    the inbound offset only after the handler returned. If the process dies in between, the inbound
+    event is delivered again, the handler's insert finds the document (duplicate key) and
+    ``missing`` tells it the events may not have gone out, so it publishes the stored ones again
+    (same event ids: consumers drop the copy). Unlike clearing ``outbox_pending`` (an update,
+    which FerretDB makes a read and a rewrite of the whole document), a mark is a cheap insert."""
+
+    COLLECTION = "outbox_published"
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.marks = db[self.COLLECTION]
+
+    @staticmethod
+    def _key(collection: str, document_id: Any) -> str:
+        return f"{collection}:{document_id}"
+
+    async def mark(self, collection: str, document_ids: Sequence[Any]) -> None:
+        if not document_ids:
+            return
+        now = utcnow()
+        marks = [{"_id": self._key(collection, i), "at": now} for i in document_ids]
+        try:
+            # not insert_many_once: a mark is bookkeeping, not an effect a replay should count
+            await self.marks.insert_many(marks, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
+
+    async def missing(self, collection: str, document_ids: Sequence[Any]) -> list[Any]:
+        """The ids among ``document_ids`` with no mark. One lookup by ``_id`` each, concurrently:
+        FerretDB pushes ``_id`` equality down to an index, not ``$in``."""
+        found = await asyncio.gather(*(
+            self.marks.find_one({"_id": self._key(collection, i)}, {"_id": 1}) for i in document_ids))
+        return [i for i, mark in zip(document_ids, found, strict=True) if mark is None]
 
 
 def outbox_indexes(collections: Iterable[str]) -> list[Indexes]:

@@ -112,9 +112,12 @@ async def on_rewarding_event(event: CloudEvent[Any], deps: Deps) -> list[str]:
 
 async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
     admitted: list[Reward] = []
+    decided_coupons: list[str] = []  # granted (or refused) by an earlier delivery
     for reward in rewards:
         if budget_rules.budgets_for(reward, deps.budget_config):
             if await _already_decided(reward, deps):
+                if isinstance(reward.grant, CouponGrant):
+                    decided_coupons.append(reward.reward_id)
                 continue
             refusal = await _claim_budgets(reward, deps)
             if refusal is not None:
@@ -123,14 +126,20 @@ async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
         admitted.append(reward)
     granted: list[str] = []
     coupon_rewards = [r for r in admitted if isinstance(r.grant, CouponGrant)]
+    new_docs: list[Document] = []
     if coupon_rewards:
         # the decision for every coupon of the event in one round trip; a duplicate is "done"
-        new_docs = await deps.coupons.insert_new([_coupon_document(r, deps) for r in coupon_rewards])
-        for doc in new_docs:
-            await deps.publisher.submit(COUPONS, doc)
-            REWARDS_GRANTED.labels(doc["rule"]).inc()
-            COUPONS_ISSUED.labels(doc["rule"]).inc()
-            granted.append(doc["_id"])
+        documents = [_coupon_document(r, deps) for r in coupon_rewards]
+        new_docs = await deps.coupons.insert_new(documents)
+        await deps.publisher.publish(COUPONS, new_docs)
+        new_ids = {doc["_id"] for doc in new_docs}
+        decided_coupons += [d["_id"] for d in documents if d["_id"] not in new_ids]
+    if decided_coupons:  # granted by an earlier delivery: did its events go out before a crash?
+        await deps.publisher.ensure_published(COUPONS, decided_coupons, deps.coupons.by_id)
+    for doc in new_docs:
+        REWARDS_GRANTED.labels(doc["rule"]).inc()
+        COUPONS_ISSUED.labels(doc["rule"]).inc()
+        granted.append(doc["_id"])
     for reward in admitted:
         if isinstance(reward.grant, CommissionGrant) and await _credit_commission(reward, reward.grant, deps):
             REWARDS_GRANTED.labels(reward.rule).inc()
@@ -154,7 +163,8 @@ def _coupon_document(reward: Reward, deps: Deps) -> Document:
         "campaign": reward.campaign, "referral": reward.referral, "device_id": reward.device_id,
         "state": {"version": 0, "status": "available", "order_id": None, "reserved_at": None, "history": []},
     }
-    return with_outbox(doc, [_event(issued, deps, "coupon_issued", reward.reward_id)])
+    # published before the inbound offset is committed (OutboxBatcher.publish), not by the relay
+    return with_outbox(doc, [_event(issued, deps, "coupon_issued", reward.reward_id)], relayed=False)
 
 
 async def _credit_commission(reward: Reward, grant: CommissionGrant, deps: Deps) -> bool:

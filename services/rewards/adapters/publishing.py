@@ -1,11 +1,17 @@
-"""Publishing the outbox of just-inserted documents off the handler's path, in order, in batches.
+"""Publishing the outbox of just-inserted documents in ordered batches.
 
-The shared ``flush`` publishes one document's events and waits for Kafka's ack and a store update
-before the handler returns (about 7 ms a document here). The batcher instead takes documents in
-the order they were inserted, hands all their events to the producer at once (enqueued in that
-order, so per-key order on ``rewards.events`` is kept), waits for the acks together, then marks the
-whole batch published with one update per collection. Nothing is lost if the process dies first:
-the documents are still ``outbox_pending`` and the shared relay publishes them.
+Two kinds of documents come here (see ``shared.outbox``):
+
+- relayed ones (``outbox_pending: true``; coupon transitions, ledger entries): ``submit`` queues
+  them and returns; the batch is published, then marked published with one update per collection.
+  If the process dies first, the relay publishes them.
+- guarded ones (issued coupons, the bulk of the traffic): ``publish`` returns once their events are
+  acknowledged by Kafka and a publish mark is stored, so the handler, and with it the inbound
+  offset, waits for that; ``ensure_published`` is what a redelivered event calls for documents it
+  finds inserted already, to publish the ones whose mark is missing.
+
+Events of a batch are handed to the producer in queue order (Kafka keeps that order per key) and
+their acks are awaited together.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -23,7 +31,7 @@ from shared.events.catalog import EVENTS
 from shared.events.envelope import utcnow
 from shared.kafka import CONTENT_TYPE
 from shared.mongo import Document
-from shared.outbox import OUTBOX, PENDING, PUBLISHED_AT, OutboxRelay
+from shared.outbox import OUTBOX, PENDING, PUBLISHED_AT, OutboxRelay, PublishMarks
 from shared.settings import ServiceSettings
 
 log = structlog.stdlib.get_logger(__name__)
@@ -31,23 +39,72 @@ log = structlog.stdlib.get_logger(__name__)
 MAX_BATCH = 1000
 
 
+@dataclass
+class _Queued:
+    collection: str
+    document: Document
+    done: asyncio.Future[None] | None = field(default=None)  # set for guarded documents
+
+
 class OutboxBatcher:
     def __init__(self, broker: KafkaBroker, relay: OutboxRelay, settings: ServiceSettings, *,
                  enabled: bool = True, max_pending: int = 10_000) -> None:
         self.broker = broker
         self.relay = relay
+        self.marks = PublishMarks(relay.db)
         self.settings = settings
         self.enabled = enabled
-        self.queue: asyncio.Queue[tuple[str, Document]] = asyncio.Queue(max_pending)
+        self.queue: asyncio.Queue[_Queued] = asyncio.Queue(max_pending)
+        self.in_flight: dict[tuple[str, Any], asyncio.Future[None]] = {}
 
     async def submit(self, collection: str, document: Document) -> None:
-        """Publish the document's events soon (now, inline, when batching is off)."""
+        """Relayed document: publish its events soon (now, inline, when batching is off)."""
         if not document.get(OUTBOX):
             return
         if not self.enabled:
             await self.relay.flush_quietly(collection, document)
             return
-        await self.queue.put((collection, document))  # waits when full: back-pressure on the consumer
+        await self.queue.put(_Queued(collection, document))  # waits when full: back-pressure
+
+    async def publish(self, collection: str, documents: Sequence[Document]) -> None:
+        """Guarded documents: return once their events are published and marked; raise if that
+        failed (the caller's event is then handled again, which publishes them)."""
+        documents = [d for d in documents if d.get(OUTBOX)]
+        if not documents:
+            return
+        if not self.enabled:
+            for document in documents:
+                for entry in document[OUTBOX]:
+                    await self.relay.publisher.publish_raw(
+                        entry["payload"].encode(), topic=EVENTS[entry["type"]].topic, key=entry["key"],
+                        event_id=entry["id"], event_type=entry["type"])
+            await self.marks.mark(collection, [d["_id"] for d in documents])
+            return
+        loop = asyncio.get_running_loop()
+        waiting: list[asyncio.Future[None]] = []
+        for document in documents:
+            key = (collection, document["_id"])
+            done = self.in_flight.get(key)
+            if done is None:
+                done = self.in_flight[key] = loop.create_future()
+                await self.queue.put(_Queued(collection, document, done))
+            waiting.append(done)
+        await asyncio.gather(*waiting)
+
+    async def ensure_published(self, collection: str, document_ids: Sequence[Any],
+                               find: Any) -> int:
+        """For guarded documents found inserted already (a redelivery, a replay): publish those
+        whose mark is missing, from the stored document. ``find(id)`` reads one. Returns how many
+        were published again."""
+        in_flight = [self.in_flight[(collection, i)] for i in document_ids if (collection, i) in self.in_flight]
+        rest = [i for i in document_ids if (collection, i) not in self.in_flight]
+        await asyncio.gather(*in_flight)
+        stored = [d for d in await asyncio.gather(*(find(i) for i in await self.marks.missing(collection, rest)))
+                  if d is not None and not d.get(PENDING)]  # pending ones are the relay's
+        if stored:
+            log.info("publishing again events of documents stored before a crash", count=len(stored))
+            await self.publish(collection, stored)
+        return len(stored)
 
     async def run(self) -> None:
         """Background loop; on shutdown it publishes what is queued before stopping."""
@@ -63,13 +120,16 @@ class OutboxBatcher:
                     while not self.queue.empty():
                         batch = [self.queue.get_nowait() for _ in range(min(self.queue.qsize(), MAX_BATCH))]
                         await self._publish(batch)
+            for item in [*self.in_flight.values()]:
+                if not item.done():
+                    item.cancel()
             raise
 
-    async def _publish(self, batch: list[tuple[str, Document]]) -> None:
+    async def _publish(self, batch: list[_Queued]) -> None:
         try:
             acks: list[Any] = []
-            for _, document in batch:  # enqueued one after the other: Kafka keeps this order per key
-                for entry in document[OUTBOX]:
+            for item in batch:  # enqueued one after the other: Kafka keeps this order per key
+                for entry in item.document[OUTBOX]:
                     spec = EVENTS[entry["type"]]
                     acks.append(await self.broker.publish(
                         entry["payload"].encode(), topic=self.settings.topic(spec.topic),
@@ -77,13 +137,31 @@ class OutboxBatcher:
                         headers={"content-type": CONTENT_TYPE, "ce_id": entry["id"], "ce_type": entry["type"],
                                  "ce_specversion": "1.0"}))
             await asyncio.gather(*acks)
-            by_collection: dict[str, list[Any]] = defaultdict(list)
-            for collection, document in batch:
-                by_collection[collection].append(document["_id"])
-                for entry in document[OUTBOX]:
+            for item in batch:
+                for entry in item.document[OUTBOX]:
                     metrics.EVENTS_PUBLISHED.labels(self.settings.service_name, entry["type"]).inc()
-            for collection, ids in by_collection.items():
+            relayed: dict[str, list[Any]] = defaultdict(list)
+            guarded: dict[str, list[Any]] = defaultdict(list)
+            for item in batch:
+                (guarded if item.done is not None else relayed)[item.collection].append(item.document["_id"])
+            for collection, ids in guarded.items():
+                await self.marks.mark(collection, ids)
+            self._settle(batch, None)
+            for collection, ids in relayed.items():
                 await self.relay.db[collection].update_many(
                     {"_id": {"$in": ids}, PENDING: True}, {"$set": {PENDING: False, PUBLISHED_AT: utcnow()}})
-        except Exception as exc:  # the relay publishes whatever is still pending
-            log.warning("outbox batch publish deferred to the relay", documents=len(batch), error=repr(exc)[:300])
+        except Exception as exc:  # guarded: the handler fails and its event comes again; relayed: the relay
+            self._settle(batch, exc)
+            log.warning("outbox batch publish failed", documents=len(batch), error=repr(exc)[:300])
+
+    def _settle(self, batch: list[_Queued], error: BaseException | None) -> None:
+        for item in batch:
+            if item.done is None:
+                continue
+            self.in_flight.pop((item.collection, item.document["_id"]), None)
+            if item.done.done():
+                continue
+            if error is None:
+                item.done.set_result(None)
+            else:
+                item.done.set_exception(error)

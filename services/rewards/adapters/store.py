@@ -111,6 +111,9 @@ class CouponStore:
         new = await insert_many_once(self.coupons, documents)
         return [documents[i] for i in new]
 
+    async def by_id(self, reward_id: str) -> Document | None:
+        return await self.coupons.find_one({"_id": reward_id})
+
     async def by_code(self, code: str) -> Document | None:
         return await self.coupons.find_one({"code": code}, {"outbox": 0})
 

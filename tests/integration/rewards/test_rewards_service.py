@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pymongo import AsyncMongoClient
 
 from services.rewards import handlers
 from services.rewards.adapters.store import LEDGER, entry_from
@@ -514,6 +515,39 @@ async def test_rewards_process_killed_after_granting_before_commit_grants_once_a
     events = await read_rewards_events(infra.bootstrap_servers, settings.topic("rewards.events"), 2)
     assert sorted({e["type"] for e in events}) == ["rewards.commission_credited", "rewards.coupon_issued"]
     assert {e["data"]["source_event_id"] for e in events} == {event["id"]}
+
+
+async def test_rewards_process_killed_after_storing_a_coupon_before_publishing_it_publishes_on_redelivery(
+        infra, namespace):
+    """Issued coupons are not flagged for the relay: the inbound offset is what is pending. The
+    process dies after the coupon is stored and before its event is published; the redelivered
+    event finds the coupon, sees no publish mark and publishes the stored event."""
+    settings = settings_for(RewardsSettings, infra, namespace)
+    ann, bob = f"ann-{namespace}", f"bob-{namespace}"
+    event = qualified(ann, bob, 2)  # a coupon, no commission
+    crashing = await start_crashing("rewards", settings, infra, crash_at="before_publish")
+    try:
+        async with Producer(infra.bootstrap_servers, settings.topic_prefix) as producer:
+            await send(producer, event)
+        assert await asyncio.wait_for(crashing.wait(), 60) == -9
+    finally:
+        if crashing.returncode is None:
+            crashing.kill()
+    store: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongodb_uri)
+    try:
+        db = store[settings.mongodb_database]
+        [stored] = await db.coupons.find({"user_id": ann}).to_list()
+        assert stored["outbox_pending"] is False and await db.outbox_published.count_documents({}) == 0
+    finally:
+        await store.close()
+    async with running(build_app, settings) as svc:
+        await eventually(lambda: _caught_up(svc), message="redelivered event handled")
+        await eventually(lambda: svc.db.outbox_published.find_one({"_id": f"coupons:{stored['_id']}"}),
+                         message="published and marked")
+        assert len(await coupons_of(svc, ann)) == 1
+    [issued] = await read_rewards_events(infra.bootstrap_servers, settings.topic("rewards.events"), 1)
+    assert issued["type"] == "rewards.coupon_issued" and issued["data"]["coupon_code"] == stored["code"]
+    assert issued["data"]["source_event_id"] == event["id"]
 
 
 async def _nothing_pending(svc: Any) -> bool:
