@@ -1,38 +1,46 @@
 """A record of every event a consumer has taken, keyed by the event's id.
 
 Effects are made exactly once by their own unique keys; the inbox adds a cheap "seen before"
-answer for handlers with nothing else to key on, and counts redeliveries for operators.
+answer for handlers with nothing else to key on, and records redeliveries for operators: one small
+document per redelivery in ``inbox_redeliveries`` (an insert; a counter on the inbox document
+would be an update, which FerretDB makes a read and a rewrite, too slow for a replay of a history).
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections import Counter, defaultdict
 from typing import Any
 
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.events.envelope import CloudEvent, utcnow
-from shared.mongo import Document, insert_once
+from shared.mongo import Document, Indexes, insert_once
 
 INBOX = "inbox"
+REDELIVERIES = "inbox_redeliveries"
+INDEXES = [Indexes(REDELIVERIES, [IndexModel([("event_id", ASCENDING)])])]
 
 
 async def remember_event(db: AsyncDatabase[Document], event: CloudEvent[Any], **fields: Any) -> bool:
     """Store the event once; True the first time, False for a redelivery or replay."""
     document = {"_id": event.id, "type": event.type, "subject": event.subject, "time": event.time,
-                "received_at": utcnow(), "redeliveries": 0, **fields}
+                "received_at": utcnow(), **fields}
     if await insert_once(db[INBOX], document):
         return True
     await _count_redelivery(db, event.id)
     return False
 
 
+async def redeliveries(db: AsyncDatabase[Document], event_id: str) -> int:
+    """How many times the event came again after its first delivery."""
+    return int(await db[REDELIVERIES].count_documents({"event_id": event_id}))
+
+
 class _RedeliveryCounter:
-    """Redeliveries seen by concurrent handlers in one event-loop turn are counted with one
-    ``update_many`` per distinct increment, not one update per event: the store serialises updates
-    of a collection, so a replay of a long history would otherwise queue one update per event."""
+    """Redeliveries seen by concurrent handlers in one event-loop turn are recorded with one
+    ``insert_many``, not one round trip per event."""
 
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.db = db
@@ -48,13 +56,10 @@ class _RedeliveryCounter:
 
     async def _flush(self) -> None:
         waiting, self.waiting = self.waiting, []
-        increments = Counter(event_id for event_id, _ in waiting)
-        by_increment: dict[int, list[str]] = defaultdict(list)
-        for event_id, times in increments.items():
-            by_increment[times].append(event_id)
+        at = utcnow()
         try:
-            for times, ids in by_increment.items():
-                await self.db[INBOX].update_many({"_id": {"$in": ids}}, {"$inc": {"redeliveries": times}})
+            await self.db[REDELIVERIES].insert_many([{"event_id": event_id, "at": at} for event_id, _ in waiting],
+                                                    ordered=False)
         except Exception as exc:
             for _, future in waiting:
                 if not future.done():
@@ -71,7 +76,7 @@ _COUNTERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Redel
 
 async def _count_redelivery(db: AsyncDatabase[Document], event_id: str) -> None:
     if not isinstance(db, AsyncDatabase):  # e.g. the dry-run view
-        await db[INBOX].update_one({"_id": event_id}, {"$inc": {"redeliveries": 1}})
+        await db[REDELIVERIES].insert_one({"event_id": event_id, "at": utcnow()})
         return
     per_loop = _COUNTERS.setdefault(asyncio.get_running_loop(), {})
     counter = per_loop.get(id(db))

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
-from shared import idempotency, metrics
+from shared import idempotency, inbox, metrics
 from shared.auth import JwtVerifier
 from shared.dryrun import DryRunDatabase
 from shared.errors import ERROR_RESPONSES
@@ -66,7 +66,8 @@ class ServiceRuntime:
         self.outbox = OutboxRelay(self.db, outbox_collections, self.publisher, self.service,
                                   poll_seconds=settings.outbox_poll_seconds)
         self.idempotency = idempotency.IdempotencyStore(self.db)
-        self.indexes: list[Indexes] = [*indexes, *outbox_indexes(outbox_collections), *idempotency.INDEXES]
+        self.indexes: list[Indexes] = [*indexes, *outbox_indexes(outbox_collections), *idempotency.INDEXES,
+                                      *inbox.INDEXES]
         self.loops: list[tuple[str, BackgroundLoop]] = []
         if outbox_collections:
             self.loops.append(("outbox-relay", self.outbox.run))

@@ -18,10 +18,11 @@ from services.referral.bootstrap import build_app as build_referral
 from services.referral.settings import ReferralSettings
 from services.rewards.bootstrap import build_app as build_rewards
 from services.rewards.settings import RewardsSettings
+from shared.inbox import redeliveries
 from shared.kafka import H_ERROR, H_OFFSET, H_REASON, H_TOPIC
 from tests.support.crashing_consumer import start_crashing
 from tests.support.events import Producer, order_completed, user_registered
-from tests.support.services import eventually, running, settings_for, token
+from tests.support.services import eventually, redelivered, running, settings_for, token
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ async def test_cloud_event_from_plain_aiokafka_reaches_the_subscriber_and_is_sto
         await p.send(topic, event)
         stored = await eventually(lambda: svc.db.inbox.find_one({"_id": event["id"]}), message="event stored")
         assert stored["type"] == event["type"]
-        assert stored["redeliveries"] == 0
+        assert await redeliveries(svc.db, event["id"]) == 0
 
 
 async def test_malformed_record_goes_to_the_dlq_with_its_reason_and_the_next_good_one_is_processed(
@@ -100,13 +101,12 @@ async def test_consumer_killed_after_storing_but_before_committing_reprocesses_w
     # read the store before any consumer runs again: the effect is there, the offset is not committed
     async with AsyncMongoClient(infra.mongodb_uri) as client:
         first = await client[settings.mongodb_database].inbox.find_one({"_id": event["id"]})
-    assert first is not None and first["redeliveries"] == 0, "the effect was stored before the crash"
+        seen_again = await redeliveries(client[settings.mongodb_database], event["id"])
+    assert first is not None and seen_again == 0, "the effect was stored before the crash"
 
     async with running(build_referral, settings) as svc:
-        again = await eventually(
-            lambda: svc.db.inbox.find_one({"_id": event["id"], "redeliveries": 1}),
-            message="the uncommitted event is delivered again")
-        assert again is not None
+        await eventually(lambda: redelivered(svc.db, event["id"], 1),
+                         message="the uncommitted event is delivered again")
         assert await svc.db.inbox.count_documents({"_id": event["id"]}) == 1
         consumer = svc.runtime.broker.subscribers[0].consumer
         assert consumer is not None

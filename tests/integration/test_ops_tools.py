@@ -14,7 +14,7 @@ from services.referral.bootstrap import build_app as build_referral
 from services.referral.settings import ReferralSettings
 from shared.kafka import H_REASON, H_TOPIC
 from tests.support.events import Producer, user_registered
-from tests.support.services import eventually, running, settings_for
+from tests.support.services import eventually, redelivered, running, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ async def test_dead_letters_are_listed_with_reasons_and_a_redriven_one_keeps_its
         assert stored["type"] == "user.registered"
         # redriving the same dead letter again changes nothing: same id, idempotent consumer
         await redrive(infra.bootstrap_servers, chosen)
-        await eventually(lambda: svc.db.inbox.find_one({"_id": fixed["id"], "redeliveries": 1}),
+        await eventually(lambda: redelivered(svc.db, fixed["id"], 1),
                          message="second redrive seen as a redelivery")
         assert await svc.db.inbox.count_documents({"_id": fixed["id"]}) == 1
 

@@ -91,3 +91,10 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30, int
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"{message} not reached in {timeout}s; last value: {last!r}")
+
+
+async def redelivered(db: Any, event_id: str, times: int) -> bool:
+    """The event came again exactly ``times`` times after its first delivery (for ``eventually``)."""
+    from shared.inbox import redeliveries
+
+    return await redeliveries(db, event_id) == times

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 
 from services.groupbuy.adapters import store as st
-from tests.support.services import eventually
+from shared.inbox import redeliveries
+from tests.support.services import eventually, redelivered
 
 from .conftest import of_type
 
@@ -172,11 +173,11 @@ async def test_duplicate_and_replayed_order_events_change_nothing_twice(gb):
     stranger = gb.payment("mallory", group_id, "o-m")
     await gb.producer.send("orders.events", stranger)
     await gb.producer.send("orders.events", stranger)
-    await eventually(lambda: gb.db.inbox.find_one({"_id": stranger["id"], "redeliveries": 1}), message="all handled")
+    await eventually(lambda: redelivered(gb.db, stranger["id"], 1), message="all handled")
     events = await gb.events()
     assert [e["data"]["order_id"] for e in of_type(events, "groupbuy.member_paid")] == ["o-1"]
     assert [e["data"]["order_id"] for e in of_type(events, "groupbuy.payment_rejected")] == ["o-m"]
-    assert (await gb.db.inbox.find_one({"_id": payment["id"]}))["redeliveries"] == 2
+    assert await redeliveries(gb.db, payment["id"]) == 2
     assert await gb.db[st.BUYERS].count_documents({}) == 2
 
 
