@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from shared import metrics
 from shared.events.catalog import EVENTS, TOPICS, dlq_topic
-from shared.events.envelope import CloudEvent, EventData, new_event_id, utcnow
+from shared.events.envelope import CloudEvent, EventData, new_event_id, utcnow, uuid5_hex
 from shared.settings import ServiceSettings
 
 log = structlog.stdlib.get_logger(__name__)
@@ -80,7 +79,7 @@ def traceparent_trace_id(traceparent: str | None) -> str | None:
 def derived_traceparent(event_id: str) -> str:
     """A trace for an event that arrived without one, derived from its id: the events it causes
     share one trace id, and a replay of it lands in the same trace."""
-    digest = uuid.uuid5(uuid.NAMESPACE_URL, "pinwheel-trace:" + event_id).hex
+    digest = uuid5_hex("pinwheel-trace:" + event_id)
     return f"00-{digest}-{digest[:16]}-01"
 
 
