@@ -99,7 +99,8 @@ async def scenario_replay(infra: Infra, n: int, duplicates: float) -> ScenarioRe
         replay_started = time.perf_counter()
         summary = await replay("rewards", since, kafka_bootstrap_servers=infra.bootstrap_servers,
                                mongodb_uri=infra.mongodb_uri, topic_prefix=f"{ns}.",
-                               mongodb_database=f"{ns}_rewards", log_level="WARNING")
+                               mongodb_database=f"{ns}_rewards", consumer_group=f"{ns}-rewards",
+                               log_level="WARNING")
         replay_seconds = time.perf_counter() - replay_started
         after = await db.coupons.count_documents({}) + await db.inbox.count_documents({})
         raw_seconds = await _raw_read(infra, ns, len(records))

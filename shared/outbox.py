@@ -11,7 +11,9 @@ event ids, so a consumer that sees an event twice drops the second by its id.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -47,6 +49,26 @@ def with_outbox(document: Document, events: Sequence[CloudEvent[Any]], *, relaye
     document[PENDING] = bool(events) and relayed
     document[CREATED_AT] = utcnow()
     return document
+
+
+_HANDLED_BEFORE: ContextVar[bool] = ContextVar("pinwheel_handled_before", default=False)
+
+
+@contextlib.contextmanager
+def handled_before(value: bool = True) -> Iterator[None]:
+    """Inside: the event being handled was handled to completion before, i.e. its offset is below
+    what the live consumer group committed (an operator's replay). The group commits only after
+    the handler returned, and a handler returns only after its guarded documents were published,
+    so documents it finds inserted already need no publish-mark lookup."""
+    token = _HANDLED_BEFORE.set(value)
+    try:
+        yield
+    finally:
+        _HANDLED_BEFORE.reset(token)
+
+
+def is_handled_before() -> bool:
+    return _HANDLED_BEFORE.get()
 
 
 class PublishMarks:

@@ -19,11 +19,13 @@ from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from services.ops.registry import runtime_for
 from shared.dryrun import DryRunDatabase
 from shared.kafka import EventConsumer, Rejection, topic_partitions
 from shared.mongo import tally_effects
+from shared.outbox import handled_before
 
 Progress = Callable[[int], None]
 
@@ -89,7 +91,7 @@ async def plan_ranges(consumer: AIOKafkaConsumer, topics: list[str], start: date
 
 
 async def replay(service: str, start: datetime, end: datetime | None = None, *, dry_run: bool = False,
-                 concurrency: int = 64, progress: Callable[[int, int], None] | None = None,
+                 concurrency: int = 512, progress: Callable[[int, int], None] | None = None,
                  **settings_overrides: Any) -> ReplaySummary:
     if service == "rewards":
         # publish inline: the batching publisher's background loop does not run outside the service
@@ -114,6 +116,7 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
             progress(0, total)
         if not ranges:
             return summary
+        committed = await committed_offsets(settings.kafka_bootstrap_servers, settings.consumer_group)
         consumer.assign(list(ranges))
         for tp, (first, _) in ranges.items():
             consumer.seek(tp, first)
@@ -123,7 +126,10 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
         async def run_key(records: list[ConsumerRecord[Any, Any]]) -> None:
             async with limit:
                 for record in records:
-                    await _process(by_topic[record.topic], record, summary)
+                    # below the live group's commit: that group's handler ran to completion on it
+                    done = record.offset < committed.get(TopicPartition(record.topic, record.partition), 0)
+                    with handled_before(done):
+                        await _process(by_topic[record.topic], record, summary)
 
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=2000)
@@ -157,6 +163,17 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
         with contextlib.suppress(Exception):
             await runtime.broker.stop()
         await runtime.mongo.close()
+
+
+async def committed_offsets(bootstrap_servers: str, group: str) -> dict[TopicPartition, int]:
+    """The live consumer group's committed offsets (nothing if it never committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 async def _process(consumer: EventConsumer, record: ConsumerRecord[Any, Any], summary: ReplaySummary) -> None:

@@ -31,7 +31,7 @@ from shared.events.catalog import EVENTS
 from shared.events.envelope import utcnow
 from shared.kafka import CONTENT_TYPE
 from shared.mongo import Document
-from shared.outbox import OUTBOX, PENDING, PUBLISHED_AT, OutboxRelay, PublishMarks
+from shared.outbox import OUTBOX, PENDING, PUBLISHED_AT, OutboxRelay, PublishMarks, is_handled_before
 from shared.settings import ServiceSettings
 
 log = structlog.stdlib.get_logger(__name__)
@@ -96,6 +96,8 @@ class OutboxBatcher:
         """For guarded documents found inserted already (a redelivery, a replay): publish those
         whose mark is missing, from the stored document. ``find(id)`` reads one. Returns how many
         were published again."""
+        if is_handled_before():  # a replay of committed history: published by the first run
+            return 0
         in_flight = [self.in_flight[(collection, i)] for i in document_ids if (collection, i) in self.in_flight]
         rest = [i for i in document_ids if (collection, i) not in self.in_flight]
         await asyncio.gather(*in_flight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pymongo import AsyncMongoClient
 
+from services.ops.replay import committed_offsets, replay
 from services.rewards import handlers
 from services.rewards.adapters.store import LEDGER, entry_from
 from services.rewards.bootstrap import build_app
@@ -23,6 +24,7 @@ from services.rewards.settings import RewardsSettings
 from shared.clock import ShiftedClock
 from shared.events import CloudEvent
 from shared.kafka import parse_event
+from shared.settings import LOCAL_DEV_JWT_SECRET
 from tests.support.crashing_consumer import start_crashing
 from tests.support.events import Producer, cloud_event, now_rfc3339, order_completed, order_refunded
 from tests.support.services import eventually, running, settings_for, token
@@ -555,3 +557,35 @@ async def _nothing_pending(svc: Any) -> bool:
         if await svc.db[name].count_documents({"outbox_pending": True}):
             return False
     return True
+
+
+async def test_replay_republishes_a_coupon_only_when_no_completed_run_published_it(infra, namespace):
+    """A replay of history the live group committed skips the publish-mark lookups (that run
+    published before committing); a replay outside that history (here: a group that never
+    committed) checks the mark and publishes a coupon whose mark is missing."""
+    settings = settings_for(RewardsSettings, infra, namespace)
+    ann, bob = f"ann-{namespace}", f"bob-{namespace}"
+    started = datetime.now(UTC) - timedelta(seconds=5)
+    async with running(build_app, settings) as svc:
+        async with Producer(infra.bootstrap_servers, settings.topic_prefix) as producer:
+            await send(producer, qualified(ann, bob, 2))
+        coupon = await eventually(lambda: svc.db.coupons.find_one({"user_id": ann}), message="coupon granted")
+        async def committed() -> bool:
+            offsets = await committed_offsets(infra.bootstrap_servers, settings.consumer_group)
+            return sum(offsets.values()) == 1
+
+        await eventually(committed, message="offset committed")
+        mark = {"_id": f"coupons:{coupon['_id']}"}
+        assert (await svc.db.outbox_published.delete_one(mark)).deleted_count == 1
+        common = {"kafka_bootstrap_servers": infra.bootstrap_servers, "mongodb_uri": infra.mongodb_uri,
+                  "topic_prefix": settings.topic_prefix, "mongodb_database": settings.mongodb_database,
+                  "environment": "test", "jwt_secret": LOCAL_DEV_JWT_SECRET}
+        summary = await replay("rewards", started, consumer_group=settings.consumer_group, **common)
+        assert summary.effects_applied == 0 and summary.events_read == 1
+        assert await svc.db.outbox_published.find_one(mark) is None, "committed history: no lookup, no publish"
+        summary = await replay("rewards", started, consumer_group=f"never-ran-{namespace}", **common)
+        assert summary.effects_applied == 0
+        assert await svc.db.outbox_published.find_one(mark) is not None, "unmarked coupon published again"
+    issued = await read_rewards_events(infra.bootstrap_servers, settings.topic("rewards.events"), 2)
+    assert [e["type"] for e in issued] == ["rewards.coupon_issued"] * 2
+    assert len({e["id"] for e in issued}) == 1, "the same event (same id) published again"
