@@ -35,7 +35,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duplicates", type=float, default=0.1, help="scenarios 1, 4, 5: share of exact duplicates")
     p.add_argument("--rate", type=float, default=500, help="scenario 2: events/s")
     p.add_argument("--latency-seconds", type=float, default=20, help="scenario 2: how long to produce")
-    p.add_argument("--latency-sample", type=float, default=0.1, help="scenario 2: share of events tracked")
+    p.add_argument("--latency-sample", type=float, default=0.02, help="scenario 2: share of events tracked")
     p.add_argument("--joins", type=int, default=2000, help="scenario 3: joins")
     p.add_argument("--groups", type=int, default=100, help="scenario 3: groups")
     p.add_argument("--seats", type=int, default=3, help="scenario 3: seats per group (largest tier)")
