@@ -126,20 +126,19 @@ async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
         admitted.append(reward)
     granted: list[str] = []
     coupon_rewards = [r for r in admitted if isinstance(r.grant, CouponGrant)]
-    new_docs: list[Document] = []
     if coupon_rewards:
         # the decision for every coupon of the event in one round trip; a duplicate is "done"
         documents = [_coupon_document(r, deps) for r in coupon_rewards]
         new_docs = await deps.coupons.insert_new(documents)
+        for doc in new_docs:  # issued by the insert: counted once, whatever happens next
+            REWARDS_GRANTED.labels(doc["rule"]).inc()
+            COUPONS_ISSUED.labels(doc["rule"]).inc()
+            granted.append(doc["_id"])
         await deps.publisher.publish(COUPONS, new_docs)
         new_ids = {doc["_id"] for doc in new_docs}
         decided_coupons += [d["_id"] for d in documents if d["_id"] not in new_ids]
     if decided_coupons:  # granted by an earlier delivery: did its events go out before a crash?
         await deps.publisher.ensure_published(COUPONS, decided_coupons, deps.coupons.by_id)
-    for doc in new_docs:
-        REWARDS_GRANTED.labels(doc["rule"]).inc()
-        COUPONS_ISSUED.labels(doc["rule"]).inc()
-        granted.append(doc["_id"])
     for reward in admitted:
         if isinstance(reward.grant, CommissionGrant) and await _credit_commission(reward, reward.grant, deps):
             REWARDS_GRANTED.labels(reward.rule).inc()
