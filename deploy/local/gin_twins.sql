@@ -4,8 +4,8 @@
 -- every MongoDB index as a btree on expressions such as `(_jsonb -> 'code')`, and pushes an
 -- equality filter `{code: "X"}` down as `(_jsonb -> 'code') @> '"X"'`. A btree cannot answer
 -- `@>`, so every pushed-down filter, including `{_id: ...}`, is a sequential scan of the whole
--- collection: lookups slow down linearly as data grows. For each key expression of each btree
--- index FerretDB creates, this adds a GIN "twin" on the same expression, which answers `@>`.
+-- collection: lookups slow down linearly as data grows. For the leading key of each btree index
+-- FerretDB creates, this adds a GIN "twin" on the same expression, which answers `@>`.
 -- Unique constraints stay on FerretDB's btrees; the twins only serve reads. No fast update:
 -- GIN's pending list would be scanned linearly by every lookup until the next vacuum.
 
@@ -32,7 +32,9 @@ BEGIN
     IF table_oid IS NULL THEN
         RETURN 0;
     END IF;
-    FOR k IN 1..key_count LOOP
+    -- the leading key only: the services' equality lookups name it (a twin per key would make
+    -- every insert maintain GIN entries for sort and range fields that equality never uses)
+    FOR k IN 1..least(key_count, 1) LOOP
         expression := pg_get_indexdef(index_oid, k, true);
         -- only FerretDB's field expressions: _jsonb -> 'f' and _jsonb #> '{a,b}'
         CONTINUE WHEN expression !~ '^\(?_jsonb (->|#>) ';
