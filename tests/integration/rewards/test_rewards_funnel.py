@@ -82,6 +82,7 @@ async def test_funnel_counts_each_event_once_and_sums_the_ledger(infra, namespac
 
         body = await eventually(lambda: funnel_when(
             lambda b: b["groupbuy"]["failed"] == 1 and b["referral"]["qualified"] == 2
+            and b["referral"]["flagged"] == 1  # after the qualifications on the same key
             and b["commissions"]["credited_count"] == 2 and b["coupons"]["issued"] == 3 * 2 + 2 + 1),
             timeout=60, message="every event counted")
         assert body["referral"] == {"bound": 3, "qualified": 2, "disqualified": 0, "net_qualified": 2,
