@@ -56,7 +56,9 @@ async def run_joins(infra: Infra, joins: int, groups: int, seats: int, concurren
     ns = namespace("gb")
     try:
         async with service_processes("groupbuy", infra, ns) as (proc,):
-            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            # idle connections dropped before uvicorn closes them (5 s): no ReadError on a reused one
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
+                                  keepalive_expiry=2)
             async with httpx.AsyncClient(base_url=proc.url, timeout=60, limits=limits) as client:
                 now = datetime.now(UTC)
                 tiers = [{"size": size, "percent_off": 5 * size} for size in range(2, seats + 1)]

@@ -50,7 +50,7 @@ async def run_latency(infra: Infra, rate: float, seconds: float, sample: float,
         async with service_processes("rewards", infra, ns) as (proc,):
             producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap_servers, acks="all", linger_ms=1)
             await producer.start()
-            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2)
             async with httpx.AsyncClient(base_url=proc.url, timeout=10, limits=limits) as client:
                 # warm-up: the group has joined once a first coupon is visible
                 warm = f"warm{ns}"
