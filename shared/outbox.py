@@ -76,12 +76,13 @@ class PublishMarks:
     ``outbox_published``, for the documents of ``with_outbox(relayed=False)``.
 
     Why it is as safe as the relay: such a document is inserted by a Kafka handler, which returns
-    only after the events were acknowledged by Kafka and the mark was stored; the consumer commits
-    the inbound offset only after the handler returned. If the process dies in between, the inbound
-    event is delivered again, the handler's insert finds the document (duplicate key) and
-    ``missing`` tells it the events may not have gone out, so it publishes the stored ones again
-    (same event ids: consumers drop the copy). Unlike clearing ``outbox_pending`` (an update,
-    which FerretDB makes a read and a rewrite of the whole document), a mark is a cheap insert."""
+    only after the events were acknowledged by Kafka; the consumer commits the inbound offset only
+    after the handler returned. If the process dies in between, the inbound event is delivered
+    again, the handler's insert finds the document (duplicate key) and ``missing`` tells it the
+    events may not have gone out, so it publishes the stored ones again (same event ids: consumers
+    drop the copy). The mark is written after the acks; without it a duplicate publishes again,
+    which is harmless. Unlike clearing ``outbox_pending`` (an update, which FerretDB makes a read
+    and a rewrite of the whole document), a mark is a cheap insert."""
 
     COLLECTION = "outbox_published"
 

@@ -6,9 +6,10 @@ Two kinds of documents come here (see ``shared.outbox``):
   them and returns; the batch is published, then marked published with one update per collection.
   If the process dies first, the relay publishes them.
 - guarded ones (issued coupons, the bulk of the traffic): ``publish`` returns once their events are
-  acknowledged by Kafka and a publish mark is stored, so the handler, and with it the inbound
-  offset, waits for that; ``ensure_published`` is what a redelivered event calls for documents it
-  finds inserted already, to publish the ones whose mark is missing.
+  acknowledged by Kafka, so the handler, and with it the inbound offset, waits for that; a publish
+  mark is inserted right after. ``ensure_published`` is what a redelivered event calls for documents
+  it finds inserted already, to publish the ones whose mark is missing (a mark lost to a crash
+  costs one more publish of the same events, never a lost one).
 
 Events of a batch are handed to the producer in queue order (Kafka keeps that order per key) and
 their acks are awaited together.
@@ -67,7 +68,7 @@ class OutboxBatcher:
         await self.queue.put(_Queued(collection, document))  # waits when full: back-pressure
 
     async def publish(self, collection: str, documents: Sequence[Document]) -> None:
-        """Guarded documents: return once their events are published and marked; raise if that
+        """Guarded documents: return once their events are acknowledged by Kafka; raise if that
         failed (the caller's event is then handled again, which publishes them)."""
         documents = [d for d in documents if d.get(OUTBOX)]
         if not documents:
@@ -146,9 +147,12 @@ class OutboxBatcher:
             guarded: dict[str, list[Any]] = defaultdict(list)
             for item in batch:
                 (guarded if item.done is not None else relayed)[item.collection].append(item.document["_id"])
+            # Acknowledged by Kafka: the handlers may return and their offsets be committed now. The
+            # marks only spare a later duplicate of the event a second publish (same event ids), so
+            # they are written after, off the handlers' path, and a failure to write them is harmless.
+            self._settle(batch, None)
             for collection, ids in guarded.items():
                 await self.marks.mark(collection, ids)
-            self._settle(batch, None)
             for collection, ids in relayed.items():
                 await self.relay.db[collection].update_many(
                     {"_id": {"$in": ids}, PENDING: True}, {"$set": {PENDING: False, PUBLISHED_AT: utcnow()}})

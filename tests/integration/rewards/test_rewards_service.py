@@ -576,6 +576,7 @@ async def test_replay_republishes_a_coupon_only_when_no_completed_run_published_
 
         await eventually(committed, message="offset committed")
         mark = {"_id": f"coupons:{coupon['_id']}"}
+        await eventually(lambda: svc.db.outbox_published.find_one(mark), message="marked after the acks")
         assert (await svc.db.outbox_published.delete_one(mark)).deleted_count == 1
         common = {"kafka_bootstrap_servers": infra.bootstrap_servers, "mongodb_uri": infra.mongodb_uri,
                   "topic_prefix": settings.topic_prefix, "mongodb_database": settings.mongodb_database,
