@@ -15,8 +15,10 @@ def headline(scenario: dict[str, Any]) -> str:
         return f"{f['service']['events_per_s']:,.0f} events/s (baseline {f['baseline']['events_per_s']:,.0f}/s, " \
                f"ratio {f['ratio']:.2f})"
     if key.startswith("2_"):
+        raw = f.get("baseline")
+        floor = f" (raw pipeline p99 {raw['p99_ms']:.0f} ms)" if raw else ""
         return f"p50 {f['p50_ms']:.0f} / p95 {f['p95_ms']:.0f} / p99 {f['p99_ms']:.0f} ms at " \
-               f"{f['achieved_rate']:.0f} events/s"
+               f"{f['achieved_rate']:.0f} events/s{floor}"
     if key.startswith("3_"):
         j, h = f["joins"], f["healthz"]
         return f"{j['per_second']:,.0f} joins/s, p50 {j['p50_ms']:.0f} / p99 {j['p99_ms']:.0f} ms " \
