@@ -105,6 +105,13 @@ class PublishMarks:
             if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
                 raise
 
+    async def expire(self, older_than: timedelta) -> int:
+        """Delete marks older than ``older_than``. A mark matters only while the event that made its
+        document may still come again uncommitted; without one, a late duplicate publishes the same
+        events (same ids) once more, which consumers drop. FerretDB has no TTL indexes."""
+        result = await self.marks.delete_many({"at": {"$lt": utcnow() - older_than}})
+        return int(result.deleted_count)
+
     async def missing(self, collection: str, document_ids: Sequence[Any]) -> list[Any]:
         """The ids among ``document_ids`` with no mark. One lookup by ``_id`` each, concurrently:
         FerretDB pushes ``_id`` equality down to an index, not ``$in``."""

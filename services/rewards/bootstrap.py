@@ -64,7 +64,15 @@ def build_app(settings: ServiceSettings | None = None, *, clock: Clock | None = 
                 log.info("lapsed coupon reservations released", count=released)
             await asyncio.sleep(settings.reservation_sweep_seconds)
 
+    async def publish_marks_expiry() -> None:
+        while True:
+            expired = await publisher.marks.expire(settings.publish_marks_retention)
+            if expired:
+                log.info("publish marks expired", count=expired)
+            await asyncio.sleep(3600)
+
     runtime.add_loop("reservation-sweeper", reservation_sweeper)
+    runtime.add_loop("publish-marks-expiry", publish_marks_expiry)
     runtime.add_loop("outbox-batcher", publisher.run)
     app = create_app(
         runtime, [api.router, live.router],

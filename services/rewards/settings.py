@@ -47,6 +47,8 @@ class RewardsSettings(ServiceSettings):
 
     reservation_minutes: float = Field(30, gt=0, description="unconfirmed reservations are released after")
     reservation_sweep_seconds: float = Field(30, gt=0)
+    publish_marks_retention: timedelta = Field(timedelta(days=7), gt=timedelta(0),
+                                               description="how long the publish marks of issued coupons are kept")
     min_withdrawal: Amount = Field(1000, ge=1)
     outbox_batching: bool = Field(True, description="publish outbox events in ordered batches off the "
                                                     "handler's path (false: inline, one document at a time)")

@@ -24,6 +24,7 @@ from services.rewards.settings import RewardsSettings
 from shared.clock import ShiftedClock
 from shared.events import CloudEvent
 from shared.kafka import parse_event, read_topic
+from shared.outbox import PublishMarks
 from shared.settings import LOCAL_DEV_JWT_SECRET
 from tests.support.crashing_consumer import start_crashing
 from tests.support.events import Producer, cloud_event, now_rfc3339, order_completed, order_refunded
@@ -595,3 +596,14 @@ async def test_replay_republishes_a_coupon_only_when_no_completed_run_published_
     issued = await read_rewards_events(infra.bootstrap_servers, settings.topic("rewards.events"), 2)
     assert [e["type"] for e in issued] == ["rewards.coupon_issued"] * 2
     assert len({e["id"] for e in issued}) == 1, "the same event (same id) published again"
+
+
+async def test_publish_marks_older_than_the_retention_are_deleted(infra, namespace):
+    settings = settings_for(RewardsSettings, infra, namespace)
+    async with running(build_app, settings) as svc:
+        marks = PublishMarks(svc.db)
+        await marks.mark("coupons", ["recent"])
+        await svc.db.outbox_published.insert_one(
+            {"_id": "coupons:old", "at": datetime.now(UTC) - timedelta(days=8)})
+        assert await marks.expire(timedelta(days=7)) == 1
+        assert await marks.missing("coupons", ["recent", "old"]) == ["old"]
