@@ -494,11 +494,10 @@ def test_rewards_reward_ids_and_codes_are_deterministic():
 # ------------------------------------------------------------------ crash
 
 
-async def test_rewards_process_killed_after_granting_before_commit_grants_once_and_publishes(infra, namespace):
-    settings = settings_for(RewardsSettings, infra, namespace)
-    ann, bob = f"ann-{namespace}", f"bob-{namespace}"
-    event = qualified(ann, bob, 8)
-    crashing = await start_crashing("rewards", settings, infra)
+async def _send_to_a_dying_process(settings: RewardsSettings, infra: Any, event: dict[str, Any],
+                                    crash_at: str) -> None:
+    """Send ``event`` to a rewards process that SIGKILLs itself at ``crash_at`` while handling it."""
+    crashing = await start_crashing("rewards", settings, infra, crash_at=crash_at)
     try:
         async with Producer(infra.bootstrap_servers, settings.topic_prefix) as producer:
             await send(producer, event)
@@ -506,6 +505,13 @@ async def test_rewards_process_killed_after_granting_before_commit_grants_once_a
     finally:
         if crashing.returncode is None:
             crashing.kill()
+
+
+async def test_rewards_process_killed_after_granting_before_commit_grants_once_and_publishes(infra, namespace):
+    settings = settings_for(RewardsSettings, infra, namespace)
+    ann, bob = f"ann-{namespace}", f"bob-{namespace}"
+    event = qualified(ann, bob, 8)
+    await _send_to_a_dying_process(settings, infra, event, "after_handler")
 
     async with running(build_app, settings) as svc:
         # stored before the crash, and the same event comes again: still one of each
@@ -533,14 +539,7 @@ async def test_rewards_process_killed_after_storing_a_coupon_before_publishing_i
     settings = settings_for(RewardsSettings, infra, namespace)
     ann, bob = f"ann-{namespace}", f"bob-{namespace}"
     event = qualified(ann, bob, 2)  # a coupon, no commission
-    crashing = await start_crashing("rewards", settings, infra, crash_at="before_publish")
-    try:
-        async with Producer(infra.bootstrap_servers, settings.topic_prefix) as producer:
-            await send(producer, event)
-        assert await asyncio.wait_for(crashing.wait(), 60) == -9
-    finally:
-        if crashing.returncode is None:
-            crashing.kill()
+    await _send_to_a_dying_process(settings, infra, event, "before_publish")
     store: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(infra.mongodb_uri)
     try:
         db = store[settings.mongodb_database]
