@@ -44,6 +44,9 @@ class FunnelStore:
         return {str(doc["_id"]): int(doc["n"]) async for doc in cursor if doc["_id"] is not None}
 
     async def tallies(self) -> Tallies:
+        """One read per tally, one after the other (FerretDB has no snapshot reads and one
+        accumulator per ``$group``): a change landing between two reads shows in the later one
+        first, e.g. a reversal's count before its amount; the next refresh agrees."""
         return Tallies(
             events=await self._sum_by(self.events, "type", 1),
             coupons_issued=await self.coupons.count_documents({}),

@@ -97,7 +97,10 @@ async def test_funnel_counts_each_event_once_and_sums_the_ledger(infra, namespac
         await p.send("referral.events", referral("referral.disqualified", "ann", "inv-1", count=6), key="ann")
         # an order event is not a funnel event (and a refund of an order without coupons changes nothing)
         await p.send("orders.events", order_refunded("inv-1", "o-inv-1", 5000), key="inv-1")
-        body = await eventually(lambda: funnel_when(lambda b: b["commissions"]["reversed_count"] == 1),
+        # the tallies are separate reads, not one snapshot: wait until both show the reversal
+        body = await eventually(lambda: funnel_when(lambda b: b["commissions"]["reversed_count"] == 1
+                                                    and b["coupons"]["revoked"] == 1
+                                                    and b["commissions"]["reversed"] != 0),
                                 timeout=60, message="the reversal")
         assert body["referral"]["disqualified"] == 1 and body["referral"]["net_qualified"] == 1
         assert body["commissions"]["reversed"] == 500
