@@ -88,6 +88,7 @@ def _store_version(uri: str) -> str:
     from pymongo import MongoClient
 
     try:
+        client: MongoClient[dict[str, Any]]
         with MongoClient(uri, serverSelectionTimeoutMS=3000) as client:
             info = client.admin.command("buildInfo")
         ferret = info.get("ferretdbVersion") or (info.get("ferretdbFeatures") and "FerretDB")
@@ -308,6 +309,19 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plot_latency_cdf(ax: Any, curves: Sequence[tuple[str, Sequence[float], str | None]], target_ms: float,
+                     xlabel: str, ylabel: str) -> None:
+    """Cumulative latency curves (label, latencies in ms, colour) on a log axis, with the target."""
+    for label, latencies, color in curves:
+        values = sorted(latencies)
+        if values:
+            ax.plot(values, [100 * (i + 1) / len(values) for i in range(len(values))], color=color, label=label)
+    ax.axvline(target_ms, color="red", linestyle="--", label=f"target p99 {target_ms:.0f} ms")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
 
 
 def finish_chart(fig: Any, result: Any, started: float) -> Any:

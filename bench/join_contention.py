@@ -27,6 +27,7 @@ from bench.common import (
     finish_chart,
     namespace,
     percentile,
+    plot_latency_cdf,
     pyplot,
     service_processes,
 )
@@ -128,14 +129,9 @@ async def scenario_joins(infra: Infra, joins: int, groups: int, seats: int, conc
         f"overfilled groups: {run['overfilled']}")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    for row, label in ((j, "joins"), (h, "/healthz baseline")):
-        values = sorted(row["latencies_ms"])
-        ax.plot(values, [100 * (i + 1) / len(values) for i in range(len(values))],
-                label=f"{label}: p99 {row['p99_ms']:.0f} ms, {row['per_second']:.0f}/s")
-    ax.axvline(100, color="red", linestyle="--", label="target p99 100 ms")
-    ax.set_xscale("log")
-    ax.set_xlabel("request latency (ms, log scale)")
-    ax.set_ylabel("% of requests")
+    plot_latency_cdf(ax, [(f"{label}: p99 {row['p99_ms']:.0f} ms, {row['per_second']:.0f}/s",
+                           row["latencies_ms"], None) for row, label in ((j, "joins"), (h, "/healthz baseline"))],
+                     100, "request latency (ms, log scale)", "% of requests")
     ax.set_title(f"{j['requests']} joins over {run['groups']} groups")
     ax.legend(loc="lower right", fontsize=8)
     return finish_chart(fig, result, started)

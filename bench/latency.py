@@ -38,6 +38,7 @@ from bench.common import (
     finish_chart,
     namespace,
     percentile,
+    plot_latency_cdf,
     pyplot,
     qualified,
     service_processes,
@@ -189,15 +190,10 @@ async def scenario_latency(infra: Infra, rate: float, seconds: float, sample: fl
                         f"p99 service/raw = {run['p99_ms'] / max(raw['p99_ms'], 1e-9):.1f}×")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    for name, r, color in (("raw baseline", raw, "#999999"), ("rewards service", run, "#1f77b4")):
-        values = sorted(r["latencies_ms"])
-        if values:
-            ax.plot(values, [100 * (i + 1) / len(values) for i in range(len(values))], color=color,
-                    label=f"{name}: p99 {r['p99_ms']:.0f} ms")
-    ax.axvline(150, color="red", linestyle="--", label="target p99 150 ms")
-    ax.set_xscale("log")
-    ax.set_xlabel("produced -> visible (ms, log scale)")
-    ax.set_ylabel("% of sampled events")
+    plot_latency_cdf(ax, [(f"{name}: p99 {r['p99_ms']:.0f} ms", r["latencies_ms"], color)
+                          for name, r, color in (("raw baseline", raw, "#999999"),
+                                                 ("rewards service", run, "#1f77b4"))],
+                     150, "produced -> visible (ms, log scale)", "% of sampled events")
     ax.set_title(f"E2E latency at {run['achieved_rate']:.0f} events/s")
     ax.legend(loc="lower right")
     return finish_chart(fig, result, started)

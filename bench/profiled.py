@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 from pyinstrument import Profiler
@@ -16,22 +17,16 @@ def _exit(*_: object) -> None:
 
 def main() -> None:
     service, out = sys.argv[1], Path(sys.argv[2])
-    from services.ops.registry import settings_for
+    from services.ops.registry import build, settings_for
     from shared.serve import serve
 
-    if service == "rewards":
-        from services.rewards.bootstrap import build_app
-    elif service == "groupbuy":
-        from services.groupbuy.bootstrap import build_app
-    else:
-        from services.referral.bootstrap import build_app
     # uvicorn handles SIGTERM (graceful shutdown), then raises it again with the handler found
     # before it started: this one, so the profile is written instead of the process dying.
     signal.signal(signal.SIGTERM, _exit)
     profiler = Profiler(interval=0.001, async_mode="disabled")
     profiler.start()
     try:
-        serve(settings_for(service), build_app)
+        serve(settings_for(service), partial(build, service))
     finally:
         profiler.stop()
         out.write_text(profiler.output_html())
