@@ -16,21 +16,39 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.events.envelope import CloudEvent, utcnow
-from shared.mongo import Document, Indexes, insert_once
+from shared.mongo import Document, Indexes, insert_many_once, insert_once
 
 INBOX = "inbox"
 REDELIVERIES = "inbox_redeliveries"
 INDEXES = [Indexes(REDELIVERIES, [IndexModel([("event_id", ASCENDING)])])]
 
 
+def _inbox_document(event: CloudEvent[Any], **fields: Any) -> Document:
+    return {"_id": event.id, "type": event.type, "subject": event.subject, "time": event.time,
+            "received_at": utcnow(), **fields}
+
+
 async def remember_event(db: AsyncDatabase[Document], event: CloudEvent[Any], **fields: Any) -> bool:
     """Store the event once; True the first time, False for a redelivery or replay."""
-    document = {"_id": event.id, "type": event.type, "subject": event.subject, "time": event.time,
-                "received_at": utcnow(), **fields}
-    if await insert_once(db[INBOX], document):
+    if await insert_once(db[INBOX], _inbox_document(event, **fields)):
         return True
     await _count_redelivery(db, event.id)
     return False
+
+
+async def remember_events(db: AsyncDatabase[Document], events: list[CloudEvent[Any]]) -> list[bool]:
+    """``remember_event`` for several events: one insert, and one for the redeliveries among them."""
+    new = set(await insert_many_once(db[INBOX], [_inbox_document(event) for event in events]))
+    await record_redeliveries(db, [event.id for i, event in enumerate(events) if i not in new])
+    return [i in new for i in range(len(events))]
+
+
+async def record_redeliveries(db: AsyncDatabase[Document], event_ids: list[str]) -> None:
+    """Say these events came again (one small insert each, one round trip)."""
+    if event_ids:
+        at = utcnow()
+        await db[REDELIVERIES].insert_many([{"event_id": event_id, "at": at} for event_id in event_ids],
+                                          ordered=False)
 
 
 async def redeliveries(db: AsyncDatabase[Document], event_id: str) -> int:

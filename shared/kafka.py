@@ -11,6 +11,7 @@ the poll returned, and an exception seeks back so the records are delivered agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -36,6 +37,7 @@ from shared.settings import ServiceSettings
 log = structlog.stdlib.get_logger(__name__)
 
 EventHandler = Callable[[CloudEvent[Any]], Awaitable[None]]
+EventBatchHandler = Callable[[list[CloudEvent[Any]]], Awaitable[None]]
 
 CONTENT_TYPE = "application/cloudevents+json"
 MAX_RECORD_BYTES = 1_000_000
@@ -143,6 +145,15 @@ class EventPublisher:
         metrics.EVENTS_PUBLISHED.labels(self._settings.service_name, event_type).inc()
 
 
+def event_log_context(event: CloudEvent[Any]) -> contextlib.AbstractContextManager[None]:
+    """Every log line inside names the event, its type and its trace (derived from the event id
+    when the event came without one)."""
+    traceparent = event.traceparent or derived_traceparent(event.id)
+    return structlog.contextvars.bound_contextvars(
+        event_id=event.id, event_type=event.type, traceparent=traceparent,
+        trace_id=traceparent_trace_id(traceparent))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors that say the store or broker is unreachable right now, not that the event is bad.
     They are never dead-lettered: the record is delivered again once they pass."""
@@ -225,8 +236,47 @@ class DeadLetters:
                     offset=record.offset, reason=rejection.reason, error=rejection.error[:300])
 
 
+class RecentEvents:
+    """Ids of the events this process handled to completion lately, the oldest forgotten first.
+
+    A shortcut, never the gate: a handler returns only after its effects are stored (and guarded
+    events acknowledged by Kafka), so an event whose id is here changed everything it will ever
+    change, and a duplicate of it can be skipped without a store round trip. An id not here (a
+    duplicate from before a restart, or handled by another replica) is handled again, and the
+    handlers' unique keys make that a no-op. Worth it on FerretDB above all: a batch insert that
+    meets one duplicate key is redone there one document at a time."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}  # insertion-ordered: the first key is the oldest
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, event_id: str) -> None:
+        if self.capacity <= 0:
+            return
+        self._ids.pop(event_id, None)
+        self._ids[event_id] = None
+        while len(self._ids) > self.capacity:
+            del self._ids[next(iter(self._ids))]
+
+
+DuplicateSink = Callable[[list[str]], Awaitable[None]]
+
+
 class EventConsumer:
-    """Runs one topic's records through their typed handlers with retries, DLQ and metrics."""
+    """Runs one topic's records through their typed handlers with retries, DLQ and metrics.
+
+    ``batch_handlers`` (optional, per event type) take several events of one type at once, from
+    different keys (see ``process_batch``): one decision pass and one round trip per store for all
+    of them instead of one per event. Every batch-handled type also has a per-event handler: when a
+    batch fails, its events are handled one by one, each with its own retries and dead-lettering,
+    so one bad event never holds back or dead-letters the others (effects are idempotent, so the
+    part of the batch that was stored is a no-op the second time)."""
 
     def __init__(
         self,
@@ -234,18 +284,37 @@ class EventConsumer:
         topic: str,
         handlers: Mapping[str, EventHandler],
         dead_letters: DeadLetters,
+        batch_handlers: Mapping[str, EventBatchHandler] | None = None,
+        recent: RecentEvents | None = None,
+        on_duplicates: DuplicateSink | None = None,
     ) -> None:
         unknown = set(handlers) - {spec.type for spec in TOPICS[topic]}
         if unknown:
             raise ValueError(f"{sorted(unknown)} are not event types of {topic}")
+        batch_handlers = dict(batch_handlers or {})
+        if set(batch_handlers) - set(handlers):
+            raise ValueError(f"{sorted(set(batch_handlers) - set(handlers))} have a batch handler but no "
+                             "per-event handler to fall back on")
         self.settings = settings
         self.topic = topic
         self.handlers = dict(handlers)
+        self.batch_handlers = batch_handlers
         self.dead_letters = dead_letters
+        # used by ``process_batch`` (the live subscriber) only: an operator's replay handles every event
+        self.recent = recent if recent is not None else RecentEvents(0)
+        self.on_duplicates = on_duplicates
 
     async def process(self, record: ConsumerRecord[Any, Any]) -> str:
         """Handle one record; returns the outcome. Raises only for transient failures, so the
         caller does not commit the offset and the record comes again."""
+        accepted = await self.accept(record)
+        if isinstance(accepted, str):
+            return accepted
+        return await self.handle(record, accepted)
+
+    async def accept(self, record: ConsumerRecord[Any, Any]) -> CloudEvent[Any] | str:
+        """The record's event if a handler here takes it; otherwise the outcome (the record is
+        dead-lettered when unusable, counted as ignored when nobody here handles its type)."""
         service = self.settings.service_name
         parsed = parse_event(record.value)
         if isinstance(parsed, Rejection):
@@ -256,12 +325,14 @@ class EventConsumer:
             event_type = parsed.type if parsed is not None else "unknown"
             metrics.EVENTS_CONSUMED.labels(service, self.topic, event_type, "ignored").inc()
             return "ignored"
+        return parsed
+
+    async def handle(self, record: ConsumerRecord[Any, Any], parsed: CloudEvent[Any]) -> str:
+        """Run the event's handler with retries; dead-letter it when it keeps failing for a reason
+        that is not transient. Raises for transient failures (the record comes again)."""
+        service = self.settings.service_name
         handler = self.handlers[parsed.type]
-        traceparent = parsed.traceparent or derived_traceparent(parsed.id)
-        with structlog.contextvars.bound_contextvars(
-            event_id=parsed.id, event_type=parsed.type, traceparent=traceparent,
-            trace_id=traceparent_trace_id(traceparent),
-        ):
+        with event_log_context(parsed):
             attempt = 0
             while True:
                 attempt += 1
@@ -284,7 +355,51 @@ class EventConsumer:
                     return "dead_lettered"
                 metrics.HANDLER_LATENCY.labels(service, parsed.type).observe(time.perf_counter() - started)
                 metrics.EVENTS_CONSUMED.labels(service, self.topic, parsed.type, "handled").inc()
+                self.recent.add(parsed.id)
                 return "handled"
+
+    async def handle_many(self, event_type: str, items: Sequence[tuple[ConsumerRecord[Any, Any], CloudEvent[Any]]],
+                          gate: asyncio.Semaphore) -> list[BaseException | None]:
+        """Events of one type from different keys through the type's batch handler; per item,
+        None when handled (or dead-lettered) or the transient error that leaves it for redelivery."""
+        service = self.settings.service_name
+        events = [event for _, event in items]
+        started = time.perf_counter()
+        # one log context for the batch: a line logged inside names every event it is about
+        with structlog.contextvars.bound_contextvars(
+            event_type=event_type, event_ids=[event.id for event in events],
+            trace_ids=[traceparent_trace_id(event.traceparent or derived_traceparent(event.id)) for event in events],
+        ):
+            try:
+                await self.batch_handlers[event_type](events)
+            except Exception as exc:
+                log.warning("batch handler failed; handling its events one by one", events=len(events),
+                            error=repr(exc)[:300])
+                return await asyncio.gather(*(self._handle_gated(record, event, gate) for record, event in items))
+        elapsed = time.perf_counter() - started
+        latency = metrics.HANDLER_LATENCY.labels(service, event_type)
+        for _ in events:  # each event waited for the whole batch
+            latency.observe(elapsed)
+        metrics.EVENTS_CONSUMED.labels(service, self.topic, event_type, "handled").inc(len(events))
+        for event in events:
+            self.recent.add(event.id)
+        return [None] * len(items)
+
+    async def skip_duplicates(self, events: list[CloudEvent[Any]]) -> None:
+        """Events this process handled lately, come again: nothing to do but say they came."""
+        for event in events:
+            metrics.EVENTS_CONSUMED.labels(self.settings.service_name, self.topic, event.type, "duplicate").inc()
+        if self.on_duplicates is not None:
+            await self.on_duplicates([event.id for event in events])
+
+    async def _handle_gated(self, record: ConsumerRecord[Any, Any], event: CloudEvent[Any],
+                            gate: asyncio.Semaphore) -> BaseException | None:
+        async with gate:
+            try:
+                await self.handle(record, event)
+            except Exception as exc:
+                return exc
+        return None
 
 
 def register_consumers(broker: KafkaBroker, settings: ServiceSettings, consumers: list[EventConsumer]) -> Any:
@@ -337,31 +452,68 @@ def register_consumers(broker: KafkaBroker, settings: ServiceSettings, consumers
 async def process_batch(by_topic: Mapping[str, EventConsumer], records: Sequence[ConsumerRecord[Any, Any]],
                         concurrency: int) -> None:
     """Process one poll: the records of one (topic, key) in offset order, different keys
-    concurrently (at most ``concurrency`` at a time). Kafka orders records per key only, so this
-    keeps every order a handler may rely on. Raises (after every key finished) if any record
-    failed transiently, so the caller does not commit."""
+    concurrently. Kafka orders records per key only, so this keeps every order a handler may rely
+    on. Raises (after every key finished) if any record failed transiently, so the caller does not
+    commit.
+
+    The poll goes in rounds: round i holds the i-th record of every key, so no two records of a
+    round share a key and round i+1 starts when round i is done. Within a round, the events of a
+    type with a batch handler go to it together (one pass, one round trip per store), the others
+    run concurrently, at most ``concurrency`` at a time. A key whose record failed transiently
+    takes no part in later rounds: its remaining records wait for the redelivery."""
     by_key: dict[tuple[str, bytes | None], list[ConsumerRecord[Any, Any]]] = defaultdict(list)
     for record in records:
         by_key[(record.topic, record.key)].append(record)
-    if len(by_key) == 1 or concurrency <= 1:
+    if concurrency <= 1:
         for key_records in by_key.values():
             for record in key_records:
                 await by_topic[record.topic].process(record)
         return
     gate = asyncio.Semaphore(concurrency)
-    failed: list[BaseException] = []
-
-    async def run_key(key_records: list[ConsumerRecord[Any, Any]]) -> None:
-        async with gate:
-            try:
-                for record in key_records:
-                    await by_topic[record.topic].process(record)
-            except Exception as exc:  # the rest of this key waits for the redelivery
-                failed.append(exc)
-
-    await asyncio.gather(*(run_key(key_records) for key_records in by_key.values()))
+    failed: dict[tuple[str, bytes | None], BaseException] = {}
+    depth = max((len(key_records) for key_records in by_key.values()), default=0)
+    for position in range(depth):
+        round_ = [(key, key_records[position]) for key, key_records in by_key.items()
+                  if len(key_records) > position and key not in failed]
+        await _process_round(by_topic, round_, gate, failed)
     if failed:
-        raise failed[0]
+        raise next(iter(failed.values()))
+
+
+async def _process_round(by_topic: Mapping[str, EventConsumer],
+                         round_: list[tuple[tuple[str, bytes | None], ConsumerRecord[Any, Any]]],
+                         gate: asyncio.Semaphore, failed: dict[tuple[str, bytes | None], BaseException]) -> None:
+    singles: list[tuple[tuple[str, bytes | None], ConsumerRecord[Any, Any], CloudEvent[Any]]] = []
+    batches: dict[tuple[str, str], list[tuple[tuple[str, bytes | None], ConsumerRecord[Any, Any], CloudEvent[Any]]]]
+    batches = defaultdict(list)
+    duplicates: dict[str, list[CloudEvent[Any]]] = defaultdict(list)
+    for key, record in round_:
+        consumer = by_topic[record.topic]
+        accepted = await consumer.accept(record)
+        if isinstance(accepted, str):
+            continue
+        if accepted.id in consumer.recent:
+            duplicates[record.topic].append(accepted)
+        elif accepted.type in consumer.batch_handlers:
+            batches[(record.topic, accepted.type)].append((key, record, accepted))
+        else:
+            singles.append((key, record, accepted))
+
+    async def one(key: tuple[str, bytes | None], record: ConsumerRecord[Any, Any], event: CloudEvent[Any]) -> None:
+        error = await by_topic[record.topic]._handle_gated(record, event, gate)
+        if error is not None:
+            failed[key] = error
+
+    async def many(topic: str, event_type: str,
+                   items: list[tuple[tuple[str, bytes | None], ConsumerRecord[Any, Any], CloudEvent[Any]]]) -> None:
+        errors = await by_topic[topic].handle_many(event_type, [(record, event) for _, record, event in items], gate)
+        for (key, _, _), error in zip(items, errors, strict=True):
+            if error is not None:
+                failed[key] = error
+
+    await asyncio.gather(*(one(*single) for single in singles),
+                         *(many(topic, event_type, items) for (topic, event_type), items in batches.items()),
+                         *(by_topic[topic].skip_duplicates(events) for topic, events in duplicates.items()))
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:

@@ -101,7 +101,7 @@ class _InsertCoalescer:
     in the same round trip behave as two racing inserts: the first wins, the second is told
     "duplicate"."""
 
-    MAX_DOCUMENTS = 1000
+    MAX_DOCUMENTS = 250
 
     def __init__(self, collection: AsyncCollection[Document]) -> None:
         self.collection = collection
@@ -121,13 +121,15 @@ class _InsertCoalescer:
     async def _flush(self) -> None:
         self.scheduled = False
         waiting, self.waiting = self.waiting, []
+        chunks: list[list[tuple[list[Document], asyncio.Future[list[BaseException | None]]]]] = []
         while waiting:
             chunk: list[tuple[list[Document], asyncio.Future[list[BaseException | None]]]] = []
             size = 0
             while waiting and (not chunk or size + len(waiting[0][0]) <= self.MAX_DOCUMENTS):
                 chunk.append(waiting.pop(0))
                 size += len(chunk[-1][0])
-            await self._send(chunk)
+            chunks.append(chunk)
+        await asyncio.gather(*(self._send(chunk) for chunk in chunks))
 
     async def _send(self, chunk: list[tuple[list[Document], asyncio.Future[list[BaseException | None]]]]) -> None:
         documents = [d for docs, _ in chunk for d in docs]

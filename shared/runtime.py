@@ -29,9 +29,11 @@ from shared.events.docs import document_payloads, published_topics
 from shared.http import RequestContextMiddleware, install_error_handlers, install_health_routes
 from shared.kafka import (
     DeadLetters,
+    EventBatchHandler,
     EventConsumer,
     EventHandler,
     EventPublisher,
+    RecentEvents,
     make_broker,
     register_consumers,
 )
@@ -73,6 +75,7 @@ class ServiceRuntime:
             self.loops.append(("outbox-relay", self.outbox.run))
         self.loops.append(("consumer-lag", self._report_lag))
         self.consumers: list[EventConsumer] = []
+        self.recent_events = RecentEvents(settings.consumer_recent_event_ids)
         self._subscribed = False
         self._startup: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,13 +85,19 @@ class ServiceRuntime:
             self.broker.publisher(settings.topic(topic), title=f"{self.service}:{topic}:publish",
                                   description=f"CloudEvents published by {self.service}: {types}")
 
-    def consume(self, topic: str, handlers: Mapping[str, EventHandler]) -> EventConsumer:
-        """Handle ``topic``'s event types; every topic of the service shares one subscriber."""
+    def consume(self, topic: str, handlers: Mapping[str, EventHandler],
+                batch_handlers: Mapping[str, EventBatchHandler] | None = None) -> EventConsumer:
+        """Handle ``topic``'s event types; every topic of the service shares one subscriber.
+        ``batch_handlers`` take several events of a type at once (see ``EventConsumer``)."""
         if self._subscribed:
             raise RuntimeError("consume() after the subscriber was registered")
-        consumer = EventConsumer(self.settings, topic, handlers, self.dead_letters)
+        consumer = EventConsumer(self.settings, topic, handlers, self.dead_letters, batch_handlers,
+                                 recent=self.recent_events, on_duplicates=self._record_redeliveries)
         self.consumers.append(consumer)
         return consumer
+
+    async def _record_redeliveries(self, event_ids: list[str]) -> None:
+        await inbox.record_redeliveries(self.db, event_ids)
 
     def subscribe(self) -> None:
         """Register the one Kafka subscriber for all consumed topics (done by ``create_app``)."""

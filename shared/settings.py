@@ -63,6 +63,9 @@ class ServiceSettings(BaseSettings):
         10, ge=1, description="how long a poll waits for records (an idle poll also sleeps this long)")
     consumer_concurrency: int = Field(
         256, ge=1, description="keys of one poll processed at the same time (their inserts share round trips)")
+    consumer_recent_event_ids: int = Field(
+        100_000, ge=0, description="ids of events this process handled lately, remembered so that a duplicate "
+        "is skipped without touching the store (0: always handle again; effects are idempotent either way)")
     public_base_url: str = ""
     dry_run: bool = Field(False, description="read-only: writes and publishes are recorded, not made (ops replay)")
 

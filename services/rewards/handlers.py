@@ -110,24 +110,26 @@ async def on_rewarding_event(event: CloudEvent[Any], deps: Deps) -> list[str]:
     return await grant(rewards_for(event.type, event.data, event.id, deps.rules), deps)
 
 
+async def on_rewarding_events(events: list[CloudEvent[Any]], deps: Deps) -> list[str]:
+    """``on_rewarding_event`` for several events at once (a poll's worth, from different keys):
+    their coupons are built in one pass, inserted with one round trip and published together."""
+    return await grant([reward for event in events
+                        for reward in rewards_for(event.type, event.data, event.id, deps.rules)], deps)
+
+
 async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
-    admitted: list[Reward] = []
-    decided_coupons: list[str] = []  # granted (or refused) by an earlier delivery
-    for reward in rewards:
-        if budget_rules.budgets_for(reward, deps.budget_config):
-            if await _already_decided(reward, deps):
-                if isinstance(reward.grant, CouponGrant):
-                    decided_coupons.append(reward.reward_id)
-                continue
-            refusal = await _claim_budgets(reward, deps)
-            if refusal is not None:
-                await _record_refusal(reward, refusal, deps)
-                continue
-        admitted.append(reward)
+    budgeted = [r for r in rewards if budget_rules.budgets_for(r, deps.budget_config)]
+    # concurrently: claims on one budget are decided by their sequence inserts, as across events
+    admissions = dict(zip((r.reward_id for r in budgeted),
+                          await asyncio.gather(*(_admit(r, deps) for r in budgeted)), strict=True))
+    admitted = [r for r in rewards if admissions.get(r.reward_id, "admitted") == "admitted"]
+    # granted (or refused) by an earlier delivery
+    decided_coupons = [r.reward_id for r in budgeted
+                       if admissions[r.reward_id] == "decided" and isinstance(r.grant, CouponGrant)]
     granted: list[str] = []
     coupon_rewards = [r for r in admitted if isinstance(r.grant, CouponGrant)]
     if coupon_rewards:
-        # the decision for every coupon of the event in one round trip; a duplicate is "done"
+        # the decision for every coupon in one round trip; a duplicate is "done"
         documents = [_coupon_document(r, deps) for r in coupon_rewards]
         new_docs = await deps.coupons.insert_new(documents)
         for doc in new_docs:  # issued by the insert: counted once, whatever happens next
@@ -139,11 +141,25 @@ async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
         decided_coupons += [d["_id"] for d in documents if d["_id"] not in new_ids]
     if decided_coupons:  # granted by an earlier delivery: did its events go out before a crash?
         await deps.publisher.ensure_published(COUPONS, decided_coupons, deps.coupons.by_id)
-    for reward in admitted:
-        if isinstance(reward.grant, CommissionGrant) and await _credit_commission(reward, reward.grant, deps):
+    commissions = [(r, r.grant) for r in admitted if isinstance(r.grant, CommissionGrant)]
+    credited = await asyncio.gather(*(_credit_commission(r, commission, deps) for r, commission in commissions))
+    for (reward, _), was_credited in zip(commissions, credited, strict=True):
+        if was_credited:
             REWARDS_GRANTED.labels(reward.rule).inc()
             granted.append(reward.reward_id)
     return granted
+
+
+async def _admit(reward: Reward, deps: Deps) -> str:
+    """For a reward drawing on budgets: "decided" (granted or refused by an earlier delivery),
+    "refused" (a budget is spent; recorded now) or "admitted" (every budget claimed)."""
+    if await _already_decided(reward, deps):
+        return "decided"
+    refusal = await _claim_budgets(reward, deps)
+    if refusal is not None:
+        await _record_refusal(reward, refusal, deps)
+        return "refused"
+    return "admitted"
 
 
 def _coupon_document(reward: Reward, deps: Deps) -> Document:

@@ -35,6 +35,8 @@ async def main(service: str) -> None:
         for consumer in runtime.consumers:
             for event_type, handler in list(consumer.handlers.items()):
                 consumer.handlers[event_type] = _dying_after(handler)
+            for event_type, batch_handler in list(consumer.batch_handlers.items()):
+                consumer.batch_handlers[event_type] = _dying_after(batch_handler)
     await runtime.start()
     await wait_consumers_assigned(runtime)
     print("CRASHING-CONSUMER-READY", flush=True)
@@ -47,8 +49,8 @@ async def _die(*_: Any) -> None:
 
 
 def _dying_after(handler: Any) -> Any:
-    async def wrapped(event: Any) -> None:
-        await handler(event)
+    async def wrapped(event_or_events: Any) -> None:
+        await handler(event_or_events)
         os.kill(os.getpid(), signal.SIGKILL)
 
     return wrapped

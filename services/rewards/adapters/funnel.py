@@ -17,11 +17,15 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.rewards.adapters.store import COUPONS, LEDGER, TRANSITIONS
 from services.rewards.domain.funnel import Tallies
 from shared.events import CloudEvent
-from shared.mongo import Document, Indexes, insert_once
+from shared.mongo import Document, Indexes, insert_many_once, insert_once
 
 FUNNEL_EVENTS = "funnel_events"
 
 FUNNEL_INDEXES = [Indexes(FUNNEL_EVENTS, [IndexModel([("type", ASCENDING)])])]
+
+
+def _funnel_document(event: CloudEvent[Any]) -> Document:
+    return {"_id": event.id, "type": event.type, "time": event.time, "subject": event.subject}
 
 
 class FunnelStore:
@@ -33,8 +37,11 @@ class FunnelStore:
 
     async def record(self, event: CloudEvent[Any]) -> bool:
         """Count ``event`` once: False if its id was recorded already."""
-        return await insert_once(self.events, {"_id": event.id, "type": event.type, "time": event.time,
-                                               "subject": event.subject})
+        return await insert_once(self.events, _funnel_document(event))
+
+    async def record_many(self, events: list[CloudEvent[Any]]) -> int:
+        """``record`` for several events with one insert; returns how many were new."""
+        return len(await insert_many_once(self.events, [_funnel_document(event) for event in events]))
 
     async def _sum_by(self, collection: Any, key: str, value: Any,
                       match: Mapping[str, Any] | None = None) -> dict[str, int]:

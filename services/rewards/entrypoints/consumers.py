@@ -17,7 +17,8 @@ from services.rewards.adapters.funnel import FunnelStore
 from services.rewards.handlers import Deps
 from shared.events import CloudEvent
 from shared.events import schemas as s
-from shared.inbox import remember_event
+from shared.inbox import remember_event, remember_events
+from shared.kafka import event_log_context
 from shared.mongo import Document
 
 
@@ -44,6 +45,23 @@ async def on_order_completed(event: CloudEvent[Any], deps: Deps, db: AsyncDataba
         await handlers.on_order_completed(event, deps)
 
 
+async def on_orders_completed(events: list[CloudEvent[Any]], deps: Deps, db: AsyncDatabase[Document]) -> None:
+    """``on_order_completed`` for a poll's worth (different keys): one inbox insert for all; the
+    orders that used coupons are then handled one by one, each in its own log context."""
+    await remember_events(db, events)
+
+    async def redeem(event: CloudEvent[Any]) -> None:
+        with event_log_context(event):
+            await handlers.on_order_completed(event, deps)
+
+    await asyncio.gather(*(redeem(event) for event in events if event.data.coupon_codes))
+
+
+async def on_rewarding_events(events: list[CloudEvent[Any]], deps: Deps) -> None:
+    """Referral and group-buy events that grant rewards, several at once: one pass, one insert."""
+    await handlers.on_rewarding_events(events, deps)
+
+
 async def on_order_refunded(event: CloudEvent[s.OrderRefunded], deps: Deps) -> None:
     await handlers.on_order_refunded(event, deps)
 
@@ -57,6 +75,10 @@ async def on_funnel_event(event: CloudEvent[Any], funnel: FunnelStore) -> None:
     await funnel.record(event)
 
 
+async def on_funnel_events(events: list[CloudEvent[Any]], funnel: FunnelStore) -> None:
+    await funnel.record_many(events)
+
+
 def counted(handler: Callable[[CloudEvent[Any]], Awaitable[None]],
             funnel: FunnelStore) -> Callable[[CloudEvent[Any]], Awaitable[None]]:
     """``handler`` unchanged, and the event counted for the funnel beside it (concurrently: the
@@ -65,5 +87,15 @@ def counted(handler: Callable[[CloudEvent[Any]], Awaitable[None]],
 
     async def handle_and_count(event: CloudEvent[Any]) -> None:
         await asyncio.gather(handler(event), funnel.record(event))
+
+    return handle_and_count
+
+
+def counted_many(handler: Callable[[list[CloudEvent[Any]]], Awaitable[None]],
+                 funnel: FunnelStore) -> Callable[[list[CloudEvent[Any]]], Awaitable[None]]:
+    """``counted`` for a batch handler: one funnel insert for the batch."""
+
+    async def handle_and_count(events: list[CloudEvent[Any]]) -> None:
+        await asyncio.gather(handler(events), funnel.record_many(events))
 
     return handle_and_count
