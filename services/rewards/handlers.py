@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,7 +46,7 @@ from shared.clock import Clock
 from shared.events import CloudEvent
 from shared.events import schemas as s
 from shared.events.envelope import new_event_id
-from shared.kafka import make_event
+from shared.kafka import derived_traceparent, make_event
 from shared.mongo import Document
 from shared.outbox import with_outbox
 
@@ -98,8 +98,10 @@ async def _lost_race(what: str, attempt: int, started: float) -> None:
     await asyncio.sleep(random.uniform(0, min(0.002 * attempt, 0.05)))
 
 
-def _event(data: Any, deps: Deps, *parts: str) -> CloudEvent[Any]:
-    return make_event(data, source=deps.source, event_id=new_event_id(*parts))
+def _event(data: Any, deps: Deps, *parts: str, traceparent: str | None = None) -> CloudEvent[Any]:
+    """The event of a decision; its trace is the one of the event being handled (the log context's
+    unless given: a batch of events from several traces gives each its own)."""
+    return make_event(data, source=deps.source, event_id=new_event_id(*parts), traceparent=traceparent)
 
 
 # ================================================================== granting rewards
@@ -113,11 +115,15 @@ async def on_rewarding_event(event: CloudEvent[Any], deps: Deps) -> list[str]:
 async def on_rewarding_events(events: list[CloudEvent[Any]], deps: Deps) -> list[str]:
     """``on_rewarding_event`` for several events at once (a poll's worth, from different keys):
     their coupons are built in one pass, inserted with one round trip and published together."""
+    traces = {event.id: event.traceparent or derived_traceparent(event.id) for event in events}
     return await grant([reward for event in events
-                        for reward in rewards_for(event.type, event.data, event.id, deps.rules)], deps)
+                        for reward in rewards_for(event.type, event.data, event.id, deps.rules)], deps, traces)
 
 
-async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
+async def grant(rewards: list[Reward], deps: Deps, traces: Mapping[str, str] | None = None) -> list[str]:
+    """Decide and store ``rewards``; ``traces`` (source event id -> traceparent) when they come
+    from several events, else the log context's trace is used."""
+    traces = traces or {}
     budgeted = [r for r in rewards if budget_rules.budgets_for(r, deps.budget_config)]
     # concurrently: claims on one budget are decided by their sequence inserts, as across events
     admissions = dict(zip((r.reward_id for r in budgeted),
@@ -130,7 +136,7 @@ async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
     coupon_rewards = [r for r in admitted if isinstance(r.grant, CouponGrant)]
     if coupon_rewards:
         # the decision for every coupon in one round trip; a duplicate is "done"
-        documents = [_coupon_document(r, deps) for r in coupon_rewards]
+        documents = [_coupon_document(r, deps, traces.get(r.source_event_id)) for r in coupon_rewards]
         new_docs = await deps.coupons.insert_new(documents)
         for doc in new_docs:  # issued by the insert: counted once, whatever happens next
             REWARDS_GRANTED.labels(doc["rule"]).inc()
@@ -142,7 +148,8 @@ async def grant(rewards: list[Reward], deps: Deps) -> list[str]:
     if decided_coupons:  # granted by an earlier delivery: did its events go out before a crash?
         await deps.publisher.ensure_published(COUPONS, decided_coupons, deps.coupons.by_id)
     commissions = [(r, r.grant) for r in admitted if isinstance(r.grant, CommissionGrant)]
-    credited = await asyncio.gather(*(_credit_commission(r, commission, deps) for r, commission in commissions))
+    credited = await asyncio.gather(*(_credit_commission(r, commission, deps, traces.get(r.source_event_id))
+                                      for r, commission in commissions))
     for (reward, _), was_credited in zip(commissions, credited, strict=True):
         if was_credited:
             REWARDS_GRANTED.labels(reward.rule).inc()
@@ -162,7 +169,7 @@ async def _admit(reward: Reward, deps: Deps) -> str:
     return "admitted"
 
 
-def _coupon_document(reward: Reward, deps: Deps) -> Document:
+def _coupon_document(reward: Reward, deps: Deps, traceparent: str | None = None) -> Document:
     grant = reward.grant
     assert isinstance(grant, CouponGrant)
     expires_at = reward.occurred_at + grant.valid_for
@@ -177,12 +184,15 @@ def _coupon_document(reward: Reward, deps: Deps) -> Document:
         "issued_at": reward.occurred_at, "expires_at": expires_at, "source_event_id": reward.source_event_id,
         "campaign": reward.campaign, "referral": reward.referral, "device_id": reward.device_id,
         "state": {"version": 0, "status": "available", "order_id": None, "reserved_at": None, "history": []},
+        "reserved": False,  # kept with state by CouponStore.cache_state, for the reservation sweep
     }
     # published before the inbound offset is committed (OutboxBatcher.publish), not by the relay
-    return with_outbox(doc, [_event(issued, deps, "coupon_issued", reward.reward_id)], relayed=False)
+    return with_outbox(doc, [_event(issued, deps, "coupon_issued", reward.reward_id, traceparent=traceparent)],
+                       relayed=False)
 
 
-async def _credit_commission(reward: Reward, grant: CommissionGrant, deps: Deps) -> bool:
+async def _credit_commission(reward: Reward, grant: CommissionGrant, deps: Deps,
+                             traceparent: str | None = None) -> bool:
     started = asyncio.get_running_loop().time()
     attempt = 0
     while True:
@@ -196,7 +206,8 @@ async def _credit_commission(reward: Reward, grant: CommissionGrant, deps: Deps)
             user_id=reward.beneficiary, entry_id=f"{reward.beneficiary}:{entry.seq}", amount=grant.amount,
             available_at=available_at, rule=reward.rule, credited_at=now,
             source_event_id=reward.source_event_id, reward_id=reward.reward_id)
-        extra = with_outbox({"source": _source(reward)}, [_event(credited, deps, "ledger", entry.ref)])
+        extra = with_outbox({"source": _source(reward)},
+                            [_event(credited, deps, "ledger", entry.ref, traceparent=traceparent)])
         try:
             doc = await deps.ledger.append(reward.beneficiary, entry, extra)
         except SeqTaken:

@@ -59,6 +59,7 @@ from pymongo.errors import (
 from deploy.local.common import free_port
 from deploy.local.store import LocalStore
 from shared.mongo import is_duplicate_key
+from tests.support.plans import plan_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -394,21 +395,6 @@ async def test_kill_then_start_front(local_store: LocalStore | None, coll: Any) 
     assert local_store.kind in ("mongod", "ferretdb")
 
 
-def _plan_nodes(plan: Any) -> list[str]:
-    """Every node type / stage name in an explain plan (FerretDB's PostgreSQL plan or mongod's)."""
-    found: list[str] = []
-    if isinstance(plan, dict):
-        for key in ("Node Type", "Index Name", "stage"):
-            if key in plan:
-                found.append(str(plan[key]))
-        for value in plan.values():
-            found.extend(_plan_nodes(value))
-    elif isinstance(plan, list):
-        for value in plan:
-            found.extend(_plan_nodes(value))
-    return found
-
-
 async def test_equality_lookups_use_an_index(client: AsyncMongoClient[Doc], coll: Any, is_ferretdb: bool) -> None:
     """FerretDB pushes ``{f: v}`` down as ``_jsonb->'f' @> v``, which its own btree indexes cannot
     answer; the local store adds GIN twins (deploy/local/gin_twins.sql) so the lookups the
@@ -417,7 +403,7 @@ async def test_equality_lookups_use_an_index(client: AsyncMongoClient[Doc], coll
     await coll.insert_many([{"_id": f"id{i}", "code": f"c{i}"} for i in range(2000)])
     for query in ({"_id": "id777"}, {"code": "c777"}):
         explained = await coll.database.command("explain", {"find": coll.name, "filter": query})
-        nodes = _plan_nodes(explained.get("queryPlanner", explained))
+        nodes = plan_nodes(explained.get("queryPlanner", explained))
         assert await coll.find_one(query) is not None
         if is_ferretdb:
             assert "Seq Scan" not in nodes and any(n.startswith("pw_gin_") for n in nodes), nodes

@@ -34,7 +34,9 @@ _INDEXES = [
         IndexModel([("code", ASCENDING)], unique=True),
         IndexModel([("user_id", ASCENDING), ("issued_at", ASCENDING)]),
         IndexModel([("referral", ASCENDING), ("rule", ASCENDING)]),
-        IndexModel([("state.status", ASCENDING), ("state.reserved_at", ASCENDING)]),
+        # the reservation sweep's lookup: a top-level flag, because FerretDB pushes no dotted path
+        # (``state.status``) down to PostgreSQL and would read every coupon every sweep
+        IndexModel([("reserved", ASCENDING)]),
     ]),
     Indexes(TRANSITIONS, [
         IndexModel([("code", ASCENDING), ("version", DESCENDING)]),
@@ -101,6 +103,11 @@ def state_from(doc: Document | None) -> CouponState:
                        reserved_at=doc.get("reserved_at"), history=tuple(doc.get("history", ())))
 
 
+def reserved_before_query(cutoff: datetime) -> Document:
+    """Coupons reserved at or before ``cutoff`` (the sweep's lookup; served by the ``reserved`` index)."""
+    return {"reserved": True, "state.status": "reserved", "state.reserved_at": {"$lte": cutoff}}
+
+
 class CouponStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.coupons = db[COUPONS]
@@ -136,7 +143,7 @@ class CouponStore:
     async def cache_state(self, code: str, state: CouponState) -> None:
         """Derived view for listing and the sweep; decisions always read the transitions."""
         await self.coupons.update_one({"code": code, "state.version": {"$lt": state.version}},
-                                      {"$set": {"state": state_doc(state)}})
+                                      {"$set": {"state": state_doc(state), "reserved": state.status == "reserved"}})
 
     async def for_user(self, user_id: str, limit: int = 1000) -> list[Document]:
         cursor = self.coupons.find({"user_id": user_id}, {"outbox": 0}).sort("issued_at", 1).limit(limit)
@@ -158,8 +165,7 @@ class CouponStore:
         return sorted({d["code"] async for d in cursor})
 
     async def reserved_before(self, cutoff: datetime, limit: int = 500) -> list[Document]:
-        cursor = self.coupons.find({"state.status": "reserved", "state.reserved_at": {"$lte": cutoff}},
-                                   {"outbox": 0}).limit(limit)
+        cursor = self.coupons.find(reserved_before_query(cutoff), {"outbox": 0}).limit(limit)
         return [d async for d in cursor]
 
 

@@ -16,7 +16,7 @@ from pymongo import AsyncMongoClient
 
 from services.ops.replay import committed_offsets, replay
 from services.rewards import handlers
-from services.rewards.adapters.store import LEDGER, entry_from
+from services.rewards.adapters.store import LEDGER, entry_from, reserved_before_query
 from services.rewards.bootstrap import build_app
 from services.rewards.domain import ledger as ledger_rules
 from services.rewards.domain.rules import coupon_code, reward_id
@@ -28,6 +28,7 @@ from shared.outbox import PublishMarks
 from shared.settings import LOCAL_DEV_JWT_SECRET
 from tests.support.crashing_consumer import start_crashing
 from tests.support.events import Producer, cloud_event, now_rfc3339, order_completed, order_refunded
+from tests.support.plans import scans_the_collection
 from tests.support.services import eventually, running, settings_for, token
 
 pytestmark = pytest.mark.integration
@@ -273,6 +274,38 @@ async def _caught_up(svc: Any) -> bool:
 
 
 # ------------------------------------------------------------------ coupons
+
+
+async def test_rewards_events_granted_together_each_keep_the_trace_of_their_source(infra, namespace):
+    settings = settings_for(RewardsSettings, infra, namespace)
+    async with running(build_app, settings) as svc:
+        traces = {f"inv{i}-{namespace}": uuid.uuid4().hex for i in range(3)}
+        events = [typed({**qualified(inviter, f"b{i}", 1), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+                  for i, (inviter, trace) in enumerate(traces.items())]
+        granted = await handlers.on_rewarding_events(events, svc.app.state.rewards_deps)
+        assert len(granted) == 3
+        for inviter, trace in traces.items():
+            [coupon] = await svc.db.coupons.find({"user_id": inviter}).to_list()
+            [entry] = coupon["outbox"]
+            assert json.loads(entry["payload"])["traceparent"].split("-")[1] == trace
+
+
+async def test_rewards_reservation_sweep_reads_only_reserved_coupons(infra, namespace):
+    """The sweep runs every 30 s over every coupon ever issued: it must be an index lookup, not a
+    scan (FerretDB pushes no dotted path such as ``state.status`` down to PostgreSQL)."""
+    settings = settings_for(RewardsSettings, infra, namespace, reservation_sweep_seconds=3600)
+    async with running(build_app, settings) as svc:
+        now = datetime.now(UTC)
+        coupons = [{"_id": f"c{i}", "code": f"C{i}", "user_id": f"u{i % 50}", "reserved": i % 500 == 7,
+                    "state": {"status": "reserved" if i % 500 == 7 else "available",
+                              "reserved_at": now - timedelta(hours=1) if i % 500 == 7 else None}}
+                   for i in range(2000)]
+        await svc.db.coupons.insert_many(coupons)
+        deps = svc.app.state.rewards_deps
+        lapsed = await deps.coupons.reserved_before(now - timedelta(minutes=30))
+        assert sorted(c["_id"] for c in lapsed) == ["c1007", "c1507", "c507", "c7"]
+        scans, plan = await scans_the_collection(svc.db, "coupons", reserved_before_query(now))
+        assert not scans, plan
 
 
 async def test_rewards_coupon_reservation_confirmation_refund_expiry_and_sweep(infra, namespace):
