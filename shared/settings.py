@@ -62,7 +62,8 @@ class ServiceSettings(BaseSettings):
     consumer_batch_timeout_ms: int = Field(
         10, ge=1, description="how long a poll waits for records (an idle poll also sleeps this long)")
     consumer_concurrency: int = Field(
-        256, ge=1, description="keys of one poll processed at the same time (their inserts share round trips)")
+        256, ge=1, description="records of one round (one per key) handled at the same time when their type has "
+        "no batch handler (their inserts share round trips); 1: one record at a time, no batches")
     consumer_recent_event_ids: int = Field(
         100_000, ge=0, description="ids of events this process handled lately, remembered so that a duplicate "
         "is skipped without touching the store (0: always handle again; effects are idempotent either way)")
