@@ -41,7 +41,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seats", type=int, default=3, help="scenario 3: seats per group (largest tier)")
     p.add_argument("--join-concurrency", type=int, default=100, help="scenario 3: requests in flight")
     p.add_argument("--replay-events", type=int, default=100_000, help="scenario 4: distinct events in the history")
-    p.add_argument("--scaling-events", type=int, default=10_000, help="scenario 5: distinct events per run")
+    p.add_argument("--scaling-events", type=int, default=40_000, help="scenario 5: distinct events per run")
     p.add_argument("--processes", default="1,2,4", help="scenario 5: process counts")
     p.add_argument("--profile", type=Path, default=None,
                    help="scenario 1: run the rewards process under pyinstrument, reports into this directory")

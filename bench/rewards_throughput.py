@@ -109,13 +109,16 @@ async def run_service(infra: Infra, n: int, duplicates: float, processes: int = 
     await produce(infra.bootstrap_servers, backlog.records)
     client: AsyncMongoClient[Any] = AsyncMongoClient(infra.mongodb_uri)
     db = client[f"{ns}_rewards"]
+    total = len(backlog.records)
+    # watching from before the first process starts: a fast process may commit most of the backlog
+    # before the others are up, and a watcher started after them would see only the tail
+    watcher = asyncio.create_task(_watch(infra.bootstrap_servers, f"{ns}-rewards",
+                                         {f"{ns}.{t}" for t in TOPICS}, total, timeout))
     try:
         started = time.perf_counter()
         async with service_processes("rewards", infra, ns, processes, profile_dir=profile):
             ready = time.perf_counter()
-            total = len(backlog.records)
-            first, done, first_count = await _watch(infra.bootstrap_servers, f"{ns}-rewards",
-                                                    {f"{ns}.{t}" for t in TOPICS}, total, timeout)
+            first, done, first_count = await watcher
             await asyncio.sleep(1.0)  # anything applied twice would show up now
             coupons = await db.coupons.count_documents({})
             inbox = await db.inbox.count_documents({})
@@ -123,11 +126,15 @@ async def run_service(infra: Infra, n: int, duplicates: float, processes: int = 
         seconds = max(done - first, 1e-6)
         return {"processes": processes, "partitions": partitions, "records": total, "distinct": n,
                 "duplicates": total - n, "seconds": seconds, "events_per_s": handled / seconds,
-                "startup_s": ready - started, "join_s": first - ready,
+                "startup_s": ready - started, "join_s": max(0.0, first - started),
+                "committed_at_first_commit": first_count,
                 "coupons": coupons, "expected_coupons": backlog.coupons, "inbox": inbox,
                 "expected_inbox": backlog.orders,
                 "exact": coupons == backlog.coupons and inbox == backlog.orders}
     finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
         await client.close()
         await drop_database(infra, f"{ns}_rewards")
 
@@ -182,10 +189,10 @@ async def scenario_throughput(infra: Infra, n: int, duplicates: float, profile: 
     result.figures = {"service": service, "baseline": baseline, "ratio": ratio}
     result.rows = [
         {"run": "rewards service (1 process)", "records": service["records"], "seconds": service["seconds"],
-         "events/s": service["events_per_s"], "join s": service["join_s"],
+         "events/s": service["events_per_s"], "to first commit s": service["join_s"],
          "effects exact": service["exact"]},
         {"run": "raw baseline (getmany + insert_many)", "records": baseline["records"],
-         "seconds": baseline["seconds"], "events/s": baseline["events_per_s"], "join s": None,
+         "seconds": baseline["seconds"], "events/s": baseline["events_per_s"], "to first commit s": None,
          "effects exact": baseline["stored"] == baseline["records"]},
     ]
     result.met = service["events_per_s"] >= 3000 and ratio >= 0.5 and service["exact"]
@@ -215,7 +222,7 @@ async def scenario_scaling(infra: Infra, n: int, duplicates: float, counts: list
     result.figures = {"runs": runs}
     result.rows = [{"processes": r["processes"], "records": r["records"], "seconds": r["seconds"],
                     "events/s": r["events_per_s"], "speed-up": r["events_per_s"] / one,
-                    "join s": r["join_s"], "effects exact": r["exact"]} for r in runs]
+                    "to first commit s": r["join_s"], "effects exact": r["exact"]} for r in runs]
     result.met = None  # no figure to meet; exactness is in the table
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
