@@ -38,6 +38,7 @@ from shared.settings import ServiceSettings
 log = structlog.stdlib.get_logger(__name__)
 
 MAX_BATCH = 1000
+MAX_RECORDING = 8  # published batches whose marks / flags may be written at once
 
 
 @dataclass
@@ -57,6 +58,7 @@ class OutboxBatcher:
         self.enabled = enabled
         self.queue: asyncio.Queue[_Queued] = asyncio.Queue(max_pending)
         self.in_flight: dict[tuple[str, Any], asyncio.Future[None]] = {}
+        self.recording: set[asyncio.Task[None]] = set()  # marks / flags of published batches being written
 
     async def submit(self, collection: str, document: Document) -> None:
         """Relayed document: publish its events soon (now, inline, when batching is off)."""
@@ -126,6 +128,10 @@ class OutboxBatcher:
             for item in [*self.in_flight.values()]:
                 if not item.done():
                     item.cancel()
+            if self.recording:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await asyncio.gather(*self.recording, return_exceptions=True)
             raise
 
     async def _publish(self, batch: list[_Queued]) -> None:
@@ -148,17 +154,31 @@ class OutboxBatcher:
             for item in batch:
                 (guarded if item.done is not None else relayed)[item.collection].append(item.document["_id"])
             # Acknowledged by Kafka: the handlers may return and their offsets be committed now. The
-            # marks only spare a later duplicate of the event a second publish (same event ids), so
-            # they are written after, off the handlers' path, and a failure to write them is harmless.
+            # marks only spare a later duplicate of the event a second publish (same event ids), and
+            # a relayed document left flagged is published again by the relay (same ids): both are
+            # written in the background, so the next batch does not wait for the store, and a
+            # failure to write them is harmless.
             self._settle(batch, None)
+        except Exception as exc:  # guarded: the handler fails and its event comes again; relayed: the relay
+            self._settle(batch, exc)
+            log.warning("outbox batch publish failed", documents=len(batch), error=repr(exc)[:300])
+            return
+        while len(self.recording) >= MAX_RECORDING:  # the store is behind: wait, do not pile up
+            await asyncio.wait(self.recording, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._record_published(guarded, relayed))
+        self.recording.add(task)
+        task.add_done_callback(self.recording.discard)
+
+    async def _record_published(self, guarded: dict[str, list[Any]], relayed: dict[str, list[Any]]) -> None:
+        try:
             for collection, ids in guarded.items():
                 await self.marks.mark(collection, ids)
             for collection, ids in relayed.items():
                 await self.relay.db[collection].update_many(
                     {"_id": {"$in": ids}, PENDING: True}, {"$set": {PENDING: False, PUBLISHED_AT: utcnow()}})
-        except Exception as exc:  # guarded: the handler fails and its event comes again; relayed: the relay
-            self._settle(batch, exc)
-            log.warning("outbox batch publish failed", documents=len(batch), error=repr(exc)[:300])
+        except Exception as exc:
+            log.warning("could not record a published batch (its events may be published again)",
+                        error=repr(exc)[:300])
 
     def _settle(self, batch: list[_Queued], error: BaseException | None) -> None:
         for item in batch:
