@@ -31,7 +31,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="1,2,3,4,5", help="scenarios to run, e.g. 1,3")
-    p.add_argument("--events", type=int, default=10_000, help="scenario 1: distinct events")
+    p.add_argument("--events", type=int, default=40_000,
+                   help="scenario 1: distinct events (enough for ~10 s of steady consumption)")
     p.add_argument("--duplicates", type=float, default=0.1, help="scenarios 1, 4, 5: share of exact duplicates")
     p.add_argument("--rate", type=float, default=500, help="scenario 2: events/s")
     p.add_argument("--latency-seconds", type=float, default=20, help="scenario 2: how long to produce")

@@ -320,6 +320,14 @@ def plot_latency_cdf(ax: Any, curves: Sequence[tuple[str, Sequence[float], str |
             ax.plot(values, [100 * (i + 1) / len(values) for i in range(len(values))], color=color, label=label)
     ax.axvline(target_ms, color="red", linestyle="--", label=f"target p99 {target_ms:.0f} ms")
     ax.set_xscale("log")
+    # plain milliseconds on the axis, and only the 1-2-5 steps: matplotlib's default labels every
+    # minor tick as 3×10^1, 4×10^1… and they overlap
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda *_: ""))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
 
