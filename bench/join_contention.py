@@ -24,6 +24,7 @@ from bench.common import (
     ScenarioResult,
     auth,
     drop_database,
+    drop_topics,
     finish_chart,
     namespace,
     percentile,
@@ -93,6 +94,7 @@ async def run_joins(infra: Infra, joins: int, groups: int, seats: int, concurren
                         overfilled.append(group_id)
     finally:
         await drop_database(infra, f"{ns}_groupbuy")
+        await drop_topics(infra, ns)
     accepted = join_row["outcomes"].get("201", 0)
     return {"joins": join_row, "healthz": health_row, "groups": groups, "seats_per_group": seats,
             "seats_taken": taken, "accepted": accepted, "overfilled": len(overfilled),

@@ -34,6 +34,7 @@ from bench.common import (
     auth,
     create_topics,
     drop_database,
+    drop_topics,
     encode,
     finish_chart,
     namespace,
@@ -116,6 +117,7 @@ async def run_latency(infra: Infra, rate: float, seconds: float, sample: float,
                 return await _drive(infra, topic, ns, listed, rate, seconds, sample, poll_ms)
     finally:
         await drop_database(infra, f"{ns}_rewards")
+        await drop_topics(infra, ns)
 
 
 async def run_raw_latency(infra: Infra, rate: float, seconds: float, sample: float,
@@ -153,6 +155,7 @@ async def run_raw_latency(infra: Infra, rate: float, seconds: float, sample: flo
         await consumer.stop()
         await client.close()
         await drop_database(infra, f"{ns}_raw")
+        await drop_topics(infra, ns)
 
 
 async def _until(visible: Visible, user: str, since: float, timeout: float,

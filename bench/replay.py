@@ -24,6 +24,7 @@ from bench.common import (
     ScenarioResult,
     create_topics,
     drop_database,
+    drop_topics,
     encode,
     finish_chart,
     group_formed,
@@ -107,6 +108,7 @@ async def scenario_replay(infra: Infra, n: int, duplicates: float) -> ScenarioRe
     finally:
         await client.close()
         await drop_database(infra, f"{ns}_rewards")
+        await drop_topics(infra, ns)
     rate = summary.events_read / replay_seconds
     raw_rate = len(records) / raw_seconds
     result.figures = {"records": len(records), "replay_seconds": replay_seconds, "replay_events_per_s": rate,

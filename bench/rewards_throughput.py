@@ -32,6 +32,7 @@ from bench.common import (
     ScenarioResult,
     create_topics,
     drop_database,
+    drop_topics,
     encode,
     finish_chart,
     namespace,
@@ -137,6 +138,7 @@ async def run_service(infra: Infra, n: int, duplicates: float, processes: int = 
             await watcher
         await client.close()
         await drop_database(infra, f"{ns}_rewards")
+        await drop_topics(infra, ns)
 
 
 async def run_baseline(infra: Infra, n: int, duplicates: float, partitions: int = 4,
@@ -177,6 +179,7 @@ async def run_baseline(infra: Infra, n: int, duplicates: float, partitions: int 
         await consumer.stop()
         await client.close()
         await drop_database(infra, f"{ns}_raw")
+        await drop_topics(infra, ns)
 
 
 async def scenario_throughput(infra: Infra, n: int, duplicates: float, profile: Any = None) -> ScenarioResult:
