@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, NoReturn
@@ -177,8 +178,9 @@ async def my_coupons(request: Request, caller: CurrentUser,
                      = 1000,
                      ) -> CouponList:
     deps = _deps(request)
-    docs = await deps.coupons.for_user(caller.user_id, limit=limit)
-    states = await deps.coupons.states_for_user(caller.user_id)
+    # two independent reads: side by side, one round trip of waiting instead of two
+    docs, states = await asyncio.gather(deps.coupons.for_user(caller.user_id, limit=limit),
+                                        deps.coupons.states_for_user(caller.user_id))
     now = deps.clock.now()
     views = [coupon_view(d, states.get(d["code"], state_from(None)), deps, now) for d in docs]
     return CouponList(coupons=[v for v in views if status is None or v.status == status])
