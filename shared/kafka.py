@@ -375,7 +375,7 @@ class EventConsumer:
             except Exception as exc:
                 log.warning("batch handler failed; handling its events one by one", events=len(events),
                             error=repr(exc)[:300])
-                return await asyncio.gather(*(self._handle_gated(record, event, gate) for record, event in items))
+                return await asyncio.gather(*(self.handle_gated(record, event, gate) for record, event in items))
         elapsed = time.perf_counter() - started
         latency = metrics.HANDLER_LATENCY.labels(service, event_type)
         for _ in events:  # each event waited for the whole batch
@@ -392,8 +392,9 @@ class EventConsumer:
         if self.on_duplicates is not None:
             await self.on_duplicates([event.id for event in events])
 
-    async def _handle_gated(self, record: ConsumerRecord[Any, Any], event: CloudEvent[Any],
-                            gate: asyncio.Semaphore) -> BaseException | None:
+    async def handle_gated(self, record: ConsumerRecord[Any, Any], event: CloudEvent[Any],
+                           gate: asyncio.Semaphore) -> BaseException | None:
+        """``handle`` once ``gate`` lets it run; the transient error instead of raising it."""
         async with gate:
             try:
                 await self.handle(record, event)
@@ -500,7 +501,7 @@ async def _process_round(by_topic: Mapping[str, EventConsumer],
             singles.append((key, record, accepted))
 
     async def one(key: tuple[str, bytes | None], record: ConsumerRecord[Any, Any], event: CloudEvent[Any]) -> None:
-        error = await by_topic[record.topic]._handle_gated(record, event, gate)
+        error = await by_topic[record.topic].handle_gated(record, event, gate)
         if error is not None:
             failed[key] = error
 
