@@ -74,10 +74,8 @@ class _RedeliveryCounter:
 
     async def _flush(self) -> None:
         waiting, self.waiting = self.waiting, []
-        at = utcnow()
         try:
-            await self.db[REDELIVERIES].insert_many([{"event_id": event_id, "at": at} for event_id, _ in waiting],
-                                                    ordered=False)
+            await record_redeliveries(self.db, [event_id for event_id, _ in waiting])
         except Exception as exc:
             for _, future in waiting:
                 if not future.done():
@@ -93,8 +91,8 @@ _COUNTERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Redel
 
 
 async def _count_redelivery(db: AsyncDatabase[Document], event_id: str) -> None:
-    if not isinstance(db, AsyncDatabase):  # e.g. the dry-run view
-        await db[REDELIVERIES].insert_one({"event_id": event_id, "at": utcnow()})
+    if not isinstance(db, AsyncDatabase):  # e.g. the dry-run view: nothing to coalesce
+        await record_redeliveries(db, [event_id])
         return
     per_loop = _COUNTERS.setdefault(asyncio.get_running_loop(), {})
     counter = per_loop.get(id(db))

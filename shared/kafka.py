@@ -145,10 +145,14 @@ class EventPublisher:
         metrics.EVENTS_PUBLISHED.labels(self._settings.service_name, event_type).inc()
 
 
+def traceparent_of(event: CloudEvent[Any]) -> str:
+    """The event's trace: its own ``traceparent``, or one derived from its id when it came without."""
+    return event.traceparent or derived_traceparent(event.id)
+
+
 def event_log_context(event: CloudEvent[Any]) -> contextlib.AbstractContextManager[None]:
-    """Every log line inside names the event, its type and its trace (derived from the event id
-    when the event came without one)."""
-    traceparent = event.traceparent or derived_traceparent(event.id)
+    """Every log line inside names the event, its type and its trace."""
+    traceparent = traceparent_of(event)
     return structlog.contextvars.bound_contextvars(
         event_id=event.id, event_type=event.type, traceparent=traceparent,
         trace_id=traceparent_trace_id(traceparent))
@@ -368,7 +372,7 @@ class EventConsumer:
         # one log context for the batch: a line logged inside names every event it is about
         with structlog.contextvars.bound_contextvars(
             event_type=event_type, event_ids=[event.id for event in events],
-            trace_ids=[traceparent_trace_id(event.traceparent or derived_traceparent(event.id)) for event in events],
+            trace_ids=[traceparent_trace_id(traceparent_of(event)) for event in events],
         ):
             try:
                 await self.batch_handlers[event_type](events)

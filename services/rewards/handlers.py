@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from prometheus_client import Counter
@@ -46,7 +46,7 @@ from shared.clock import Clock
 from shared.events import CloudEvent
 from shared.events import schemas as s
 from shared.events.envelope import new_event_id
-from shared.kafka import derived_traceparent, make_event
+from shared.kafka import make_event, traceparent_of
 from shared.mongo import Document
 from shared.outbox import with_outbox
 
@@ -115,7 +115,7 @@ async def on_rewarding_event(event: CloudEvent[Any], deps: Deps) -> list[str]:
 async def on_rewarding_events(events: list[CloudEvent[Any]], deps: Deps) -> list[str]:
     """``on_rewarding_event`` for several events at once (a poll's worth, from different keys):
     their coupons are built in one pass, inserted with one round trip and published together."""
-    traces = {event.id: event.traceparent or derived_traceparent(event.id) for event in events}
+    traces = {event.id: traceparent_of(event) for event in events}
     return await grant([reward for event in events
                         for reward in rewards_for(event.type, event.data, event.id, deps.rules)], deps, traces)
 
@@ -157,7 +157,10 @@ async def grant(rewards: list[Reward], deps: Deps, traces: Mapping[str, str] | N
     return granted
 
 
-async def _admit(reward: Reward, deps: Deps) -> str:
+Admission = Literal["admitted", "decided", "refused"]
+
+
+async def _admit(reward: Reward, deps: Deps) -> Admission:
     """For a reward drawing on budgets: "decided" (granted or refused by an earlier delivery),
     "refused" (a budget is spent; recorded now) or "admitted" (every budget claimed)."""
     if await _already_decided(reward, deps):
