@@ -17,8 +17,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-
 from bench.common import (
     Infra,
     ScenarioResult,
@@ -32,15 +30,16 @@ from bench.common import (
     pyplot,
     service_processes,
 )
+from bench.http import HttpPool
 
 Outcome = tuple[float, int, str | None]
 
 
-async def _timed(client: httpx.AsyncClient, gate: asyncio.Semaphore, method: str, path: str,
+async def _timed(client: HttpPool, gate: asyncio.Semaphore, method: str, path: str,
                  headers: dict[str, str] | None = None) -> Outcome:
     async with gate:
         started = time.perf_counter()
-        response = await client.request(method, path, headers=headers)
+        response = await client.request(method, path, headers)
         elapsed = time.perf_counter() - started
     code = response.json().get("error", {}).get("code") if response.status_code >= 400 else None
     return elapsed, response.status_code, code
@@ -57,41 +56,37 @@ def _summary(results: list[Outcome], wall: float) -> dict[str, Any]:
 async def run_joins(infra: Infra, joins: int, groups: int, seats: int, concurrency: int) -> dict[str, Any]:
     ns = namespace("gb")
     try:
-        async with service_processes("groupbuy", infra, ns) as (proc,):
-            # idle connections dropped before uvicorn closes them (5 s): no ReadError on a reused one
-            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
-                                  keepalive_expiry=2)
-            async with httpx.AsyncClient(base_url=proc.url, timeout=60, limits=limits) as client:
-                now = datetime.now(UTC)
-                tiers = [{"size": size, "percent_off": 5 * size} for size in range(2, seats + 1)]
-                campaign = await client.post("/v1/campaigns", headers=auth("ops", "admin"), json={
-                    "sku": "bench", "list_price": 10000, "tiers": tiers, "stock": joins + groups,
-                    "starts_at": (now - timedelta(minutes=1)).isoformat(),
-                    "ends_at": (now + timedelta(days=1)).isoformat()})
-                campaign.raise_for_status()
-                campaign_id = campaign.json()["campaign_id"]
-                gate = asyncio.Semaphore(min(concurrency, 20))
-                opened = await asyncio.gather(*(
-                    _open(client, gate, campaign_id, f"opener{i}") for i in range(groups)))
-                group_ids = list(opened)
-                gate = asyncio.Semaphore(concurrency)
-                requests = [(random.choice(group_ids), f"joiner{i}") for i in range(joins)]
-                # warm the healthz path and connections once (both runs start warm)
-                await asyncio.gather(*(_timed(client, gate, "GET", "/healthz") for _ in range(concurrency)))
-                started = time.perf_counter()
-                results = await asyncio.gather(*(
-                    _timed(client, gate, "POST", f"/v1/groups/{g}/members", auth(u)) for g, u in requests))
-                join_row = _summary(results, time.perf_counter() - started)
-                started = time.perf_counter()
-                baseline = await asyncio.gather(*(_timed(client, gate, "GET", "/healthz") for _ in range(joins)))
-                health_row = _summary(baseline, time.perf_counter() - started)
-                taken = 0
-                overfilled = []
-                for group_id in group_ids:
-                    view = (await client.get(f"/v1/groups/{group_id}", headers=auth("checker"))).json()
-                    taken += view["seats_taken"]
-                    if view["seats_taken"] > seats:
-                        overfilled.append(group_id)
+        async with service_processes("groupbuy", infra, ns) as (proc,), HttpPool(proc.url, concurrency) as client:
+            now = datetime.now(UTC)
+            tiers = [{"size": size, "percent_off": 5 * size} for size in range(2, seats + 1)]
+            campaign = await client.post("/v1/campaigns", auth("ops", "admin"), {
+                "sku": "bench", "list_price": 10000, "tiers": tiers, "stock": joins + groups,
+                "starts_at": (now - timedelta(minutes=1)).isoformat(),
+                "ends_at": (now + timedelta(days=1)).isoformat()})
+            campaign.raise_for_status()
+            campaign_id = campaign.json()["campaign_id"]
+            gate = asyncio.Semaphore(min(concurrency, 20))
+            opened = await asyncio.gather(*(
+                _open(client, gate, campaign_id, f"opener{i}") for i in range(groups)))
+            group_ids = list(opened)
+            gate = asyncio.Semaphore(concurrency)
+            requests = [(random.choice(group_ids), f"joiner{i}") for i in range(joins)]
+            # warm the healthz path and connections once (both runs start warm)
+            await asyncio.gather(*(_timed(client, gate, "GET", "/healthz") for _ in range(concurrency)))
+            started = time.perf_counter()
+            results = await asyncio.gather(*(
+                _timed(client, gate, "POST", f"/v1/groups/{g}/members", auth(u)) for g, u in requests))
+            join_row = _summary(results, time.perf_counter() - started)
+            started = time.perf_counter()
+            baseline = await asyncio.gather(*(_timed(client, gate, "GET", "/healthz") for _ in range(joins)))
+            health_row = _summary(baseline, time.perf_counter() - started)
+            taken = 0
+            overfilled = []
+            for group_id in group_ids:
+                view = (await client.get(f"/v1/groups/{group_id}", auth("checker"))).json()
+                taken += view["seats_taken"]
+                if view["seats_taken"] > seats:
+                    overfilled.append(group_id)
     finally:
         await drop_database(infra, f"{ns}_groupbuy")
         await drop_topics(infra, ns)
@@ -101,9 +96,9 @@ async def run_joins(infra: Infra, joins: int, groups: int, seats: int, concurren
             "consistent": not overfilled and taken == groups + accepted, "concurrency": concurrency}
 
 
-async def _open(client: httpx.AsyncClient, gate: asyncio.Semaphore, campaign_id: str, user: str) -> str:
+async def _open(client: HttpPool, gate: asyncio.Semaphore, campaign_id: str, user: str) -> str:
     async with gate:
-        response = await client.post(f"/v1/campaigns/{campaign_id}/groups", headers=auth(user))
+        response = await client.post(f"/v1/campaigns/{campaign_id}/groups", auth(user))
     response.raise_for_status()
     return str(response.json()["group_id"])
 

@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError
@@ -44,6 +43,7 @@ from bench.common import (
     qualified,
     service_processes,
 )
+from bench.http import HttpPool
 from shared.events import catalog
 
 Visible = Callable[[str], Awaitable[bool]]
@@ -106,15 +106,13 @@ async def run_latency(infra: Infra, rate: float, seconds: float, sample: float,
     ns = namespace("lat")
     topic = await _topics(infra, ns)
     try:
-        async with service_processes("rewards", infra, ns) as (proc,):
-            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=2)
-            async with httpx.AsyncClient(base_url=proc.url, timeout=10, limits=limits) as client:
+        async with service_processes("rewards", infra, ns) as (proc,), HttpPool(proc.url, 64, timeout=10) as client:
 
-                async def listed(user: str) -> bool:
-                    response = await client.get("/v1/me/coupons", headers=auth(user))
-                    return response.status_code == 200 and bool(response.json().get("coupons"))
+            async def listed(user: str) -> bool:
+                response = await client.get("/v1/me/coupons", auth(user))
+                return response.status_code == 200 and bool(response.json().get("coupons"))
 
-                return await _drive(infra, topic, ns, listed, rate, seconds, sample, poll_ms)
+            return await _drive(infra, topic, ns, listed, rate, seconds, sample, poll_ms)
     finally:
         await drop_database(infra, f"{ns}_rewards")
         await drop_topics(infra, ns)
