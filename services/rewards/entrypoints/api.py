@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, NoReturn
@@ -178,9 +177,10 @@ async def my_coupons(request: Request, caller: CurrentUser,
                      = 1000,
                      ) -> CouponList:
     deps = _deps(request)
-    # two independent reads: side by side, one round trip of waiting instead of two
-    docs, states = await asyncio.gather(deps.coupons.for_user(caller.user_id, limit=limit),
-                                        deps.coupons.states_for_user(caller.user_id))
+    docs = await deps.coupons.for_user(caller.user_id, limit=limit)
+    # states only for a wallet with coupons: an empty one (a new user, an app polling for a coupon
+    # about to arrive) costs one read, not two; each read is ~0.5 ms of the service's CPU
+    states = await deps.coupons.states_for_user(caller.user_id) if docs else {}
     now = deps.clock.now()
     views = [coupon_view(d, states.get(d["code"], state_from(None)), deps, now) for d in docs]
     return CouponList(coupons=[v for v in views if status is None or v.status == status])
