@@ -435,6 +435,7 @@ def register_consumers(broker: KafkaBroker, settings: ServiceSettings, consumers
         batch=True,
         max_records=settings.consumer_batch_max_records,
         batch_timeout_ms=settings.consumer_batch_timeout_ms,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         title=f"{settings.service_name}:{'+'.join(names)}",
         description=f"CloudEvents on {', '.join(names)} handled by {settings.service_name}: {types}",
     )

@@ -61,6 +61,11 @@ class ServiceSettings(BaseSettings):
     consumer_batch_max_records: int = Field(1000, ge=1, description="records per poll, committed together")
     consumer_batch_timeout_ms: int = Field(
         10, ge=1, description="how long a poll waits for records (an idle poll also sleeps this long)")
+    consumer_fetch_max_wait_ms: int = Field(
+        50, ge=0, le=500, description="longest the broker holds a fetch that finds no records; aiokafka sends one "
+        "fetch per broker at a time, without the partitions whose records are still being handled, so a fetch "
+        "for idle topics only delays the busy ones by up to this long (aiokafka's default, 500, made a steady "
+        "~0.5 s lag once a backlog formed)")
     consumer_concurrency: int = Field(
         256, ge=1, description="records of one round (one per key) handled at the same time when their type has "
         "no batch handler (their inserts share round trips); 1: one record at a time, no batches")

@@ -15,7 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.events import CloudEvent
-from shared.kafka import DeadLetters, EventConsumer, RecentEvents, Rejection, process_batch
+from shared.kafka import (
+    DeadLetters,
+    EventConsumer,
+    RecentEvents,
+    Rejection,
+    make_broker,
+    process_batch,
+    register_consumers,
+)
 from shared.settings import ServiceSettings
 from tests.support.events import order_completed, order_refunded
 
@@ -136,3 +144,14 @@ def test_recent_events_keep_the_newest_ids_up_to_the_capacity(ids: list[int], ca
     assert all(str(i) in recent for i in newest_first[:capacity])
     assert len(recent) == min(capacity, len(newest_first))
     assert all(str(i) not in recent for i in newest_first[capacity:])
+
+
+@pytest.mark.parametrize("configured", [None, 20])
+def test_the_service_subscriber_bounds_how_long_the_broker_holds_an_empty_fetch(configured: int | None) -> None:
+    """aiokafka's default (500 ms) let a fetch for idle topics hold back a busy one after every
+    large poll: a steady ~0.5 s lag (``bench/fetch_wait.py`` shows it against a real broker)."""
+    settings = ServiceSettings() if configured is None else ServiceSettings(consumer_fetch_max_wait_ms=configured)
+    consumer = EventConsumer(settings, TOPIC, {"order.completed": _Recorder().one}, _DeadLetters())
+    subscriber = register_consumers(make_broker(settings), settings, [consumer])
+    # what FastStream hands to AIOKafkaConsumer when the subscriber starts
+    assert subscriber._connection_args["fetch_max_wait_ms"] == (configured or 50)
