@@ -105,7 +105,8 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
         for c in runtime.consumers
     }
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
-                                group_id=None, auto_offset_reset="earliest", max_poll_records=2000)
+                                group_id=None, auto_offset_reset="earliest", max_poll_records=2000,
+                                fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms)
     await consumer.start()
     if not dry_run:
         await runtime.broker.connect()
@@ -122,6 +123,12 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
             consumer.seek(tp, first)
         remaining = dict(ranges)
         limit = asyncio.Semaphore(concurrency)
+
+        def finished(tp: TopicPartition) -> None:
+            # paused: not fetched past the planned end (a range in the past would otherwise read
+            # the rest of the log), and no fetch held by the broker at the end of the log
+            remaining.pop(tp, None)
+            consumer.pause(tp)
 
         async def run_key(records: list[ConsumerRecord[Any, Any]]) -> None:
             async with limit:
@@ -142,13 +149,13 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
                         by_key[(record.topic, record.key)].append(record)
                         read += 1
                 if records and records[-1].offset + 1 >= last:
-                    remaining.pop(tp, None)
+                    finished(tp)
             if not batch:
                 # nothing more to read below the planned ends (e.g. compacted or deleted)
                 positions = {tp: await consumer.position(tp) for tp in remaining}
                 for tp, position in positions.items():
                     if position >= remaining[tp][1]:
-                        remaining.pop(tp)
+                        finished(tp)
                 continue
             await asyncio.gather(*(run_key(records) for records in by_key.values()))
             if progress:
