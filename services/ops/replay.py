@@ -125,8 +125,8 @@ async def replay(service: str, start: datetime, end: datetime | None = None, *, 
         limit = asyncio.Semaphore(concurrency)
 
         def finished(tp: TopicPartition) -> None:
-            # paused: not fetched past the planned end (a range in the past would otherwise read
-            # the rest of the log), and no fetch held by the broker at the end of the log
+            # paused: no more fetches for it, neither of records past the planned end nor one the
+            # broker holds at the end of the log (aiokafka fetches a broker's partitions together)
             remaining.pop(tp, None)
             consumer.pause(tp)
 
