@@ -543,8 +543,10 @@ async def read_topic(bootstrap_servers: str, topic: str) -> list[ConsumerRecord[
         ends = await consumer.end_offsets(partitions)
         starts = await consumer.beginning_offsets(partitions)
         pending = {tp for tp in partitions if ends[tp] > starts[tp]}
-        consumer.assign(partitions)
-        for tp in partitions:
+        # only partitions with records, each paused once read: a fetch for a partition at its end
+        # is held by the broker and delays the others on that broker (see consumer_fetch_max_wait_ms)
+        consumer.assign(list(pending))
+        for tp in pending:
             consumer.seek(tp, starts[tp])
         found: list[ConsumerRecord[Any, Any]] = []
         while pending:
@@ -554,6 +556,7 @@ async def read_topic(bootstrap_servers: str, topic: str) -> list[ConsumerRecord[
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
+                    consumer.pause(tp)
         return sorted(found, key=lambda record: (record.partition, record.offset))
     finally:
         await consumer.stop()
